@@ -1,0 +1,124 @@
+"""Safe, atomic reading and writing of model folders (``config.json`` + ``model.safetensors``).
+
+Every component (image tokenizer, transformer, ...) saves through these helpers so that a
+kill in the middle of a save never destroys the last good file (write to a temporary file in
+the same folder, fsync, then ``os.replace``), and so that a truncated, foreign or mismatched
+file is refused with a message that names what is wrong instead of a bare traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+class CheckpointError(ValueError):
+    """A model folder or weights file that cannot be used, with the reason in the message."""
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
+    """Call ``write(tmp_path)`` and then move the temporary file onto ``path`` atomically.
+
+    The temporary file sits in the destination folder so that ``os.replace`` is a rename on
+    one file system; a crash before the rename leaves the old file untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Write ``obj`` as indented UTF-8 JSON, atomically."""
+
+    def _write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=2, ensure_ascii=False, sort_keys=True)
+            f.write("\n")
+
+    atomic_write(path, _write)
+
+
+def read_json(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a JSON object, turning a missing or malformed file into a :class:`CheckpointError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path} does not exist; expected a model folder with {CONFIG_NAME}")
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path} is not valid JSON ({e}); the file is damaged") from e
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path} must hold a JSON object, found {type(obj).__name__}")
+    return obj
+
+
+def save_weights(path: str | os.PathLike, state_dict: Mapping[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    """Save tensors as safetensors, atomically (contiguous, detached CPU copies)."""
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata or {}))
+
+
+def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Load a safetensors file; a truncated or non-safetensors file raises :class:`CheckpointError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path} does not exist")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise CheckpointError(
+            f"{path} is not a readable safetensors file ({e}); it may be truncated or in another format"
+        ) from e
+
+
+def check_state_dict(expected: Mapping[str, torch.Tensor], found: Mapping[str, torch.Tensor], source: str, limit: int = 5) -> None:
+    """Raise :class:`CheckpointError` naming the first missing, unexpected and mis-shaped keys."""
+    missing = [k for k in expected if k not in found]
+    unexpected = [k for k in found if k not in expected]
+    shapes = [
+        f"{k}: file {tuple(found[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in expected
+        if k in found and tuple(found[k].shape) != tuple(expected[k].shape)
+    ]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing key(s), e.g. {missing[:limit]}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected key(s), e.g. {unexpected[:limit]}")
+    if shapes:
+        problems.append(f"{len(shapes)} shape mismatch(es), e.g. {shapes[:limit]}")
+    if problems:
+        raise CheckpointError(f"{source} does not match the model: " + "; ".join(problems))
+
+
+def load_into(module: torch.nn.Module, path: str | os.PathLike, *, buffers: bool = True) -> None:
+    """Strictly load safetensors weights into ``module`` (keys and shapes checked first).
+
+    Works for modules built on the meta device: tensors are assigned, not copied.
+    """
+    found = load_weights(path)
+    expected = module.state_dict()
+    check_state_dict(expected, found, str(path))
+    on_meta = any(t.is_meta for t in expected.values())
+    found = {k: v.to(expected[k].dtype) if expected[k].dtype.is_floating_point else v for k, v in found.items()}
+    module.load_state_dict(found, strict=True, assign=on_meta)
