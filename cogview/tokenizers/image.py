@@ -1,0 +1,123 @@
+"""ImageTokenizer: PIL images or pixel tensors <-> VQ-VAE code grids, saved as a model folder.
+
+This is the public face of the VQ-VAE (``cogview.ImageTokenizer``): it owns preprocessing
+(resize the shorter side, center-crop, as CogView), inference mode, and strict loading of
+``config.json`` + ``model.safetensors``. Code ids here are raw codebook indices ``[0, K)``;
+offsetting them into the unified vocabulary is :mod:`cogview.tokenizers.vocab`'s job.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from cogview.images import to_pil, to_tensor
+from cogview.serialization import CONFIG_NAME, WEIGHTS_NAME, CheckpointError, load_into, read_json, save_weights, write_json
+from cogview.tokenizers.vqvae import VQVAE, VQVAEConfig
+
+DEFAULT_PATH = Path(__file__).resolve().parent.parent / "assets" / "default" / "image_tokenizer"
+
+
+class ImageTokenizer:
+    """Encode images to codes (B, h, w) and decode codes back to images with a VQ-VAE."""
+
+    def __init__(self, model: VQVAE) -> None:
+        self.model = model.eval()
+
+    @property
+    def config(self) -> VQVAEConfig:
+        return self.model.config
+
+    @property
+    def image_size(self) -> int:
+        return self.config.image_size
+
+    @property
+    def grid_size(self) -> int:
+        return self.config.grid_size
+
+    @property
+    def codebook_size(self) -> int:
+        return self.config.n_embed
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.quantize_t.embed.device
+
+    def to(self, device: torch.device | str) -> ImageTokenizer:
+        self.model.to(device)
+        return self
+
+    def _pixels(self, images: Sequence[Image.Image] | torch.Tensor) -> torch.Tensor:
+        if isinstance(images, Image.Image):
+            images = [images]
+        if isinstance(images, torch.Tensor):
+            if images.ndim != 4 or images.shape[1] != 3:
+                raise ValueError(f"expected a float tensor (B, 3, H, W) in [0, 1], got shape {tuple(images.shape)}")
+            pixels = images.float()
+            if pixels.shape[-2:] != (self.image_size, self.image_size):
+                pixels = torch.nn.functional.interpolate(
+                    pixels, size=(self.image_size, self.image_size), mode="bicubic", antialias=True
+                ).clamp(0, 1)
+        else:
+            pixels = to_tensor(list(images), self.image_size)
+        return pixels.to(self.device)
+
+    @torch.inference_mode()
+    def encode(self, images: Sequence[Image.Image] | torch.Tensor) -> torch.Tensor:
+        """PIL images (any size: resized and center-cropped) or pixels (B, 3, H, W) in [0, 1] -> codes (B, h, w)."""
+        return self.model.encode(self._pixels(images))
+
+    @torch.inference_mode()
+    def decode_pixels(self, codes: torch.Tensor) -> torch.Tensor:
+        """Codes (B, h, w) or (h, w) -> pixels (B, 3, H, W)."""
+        codes = torch.as_tensor(codes, dtype=torch.long, device=self.device)
+        if codes.ndim == 2:
+            codes = codes.unsqueeze(0)
+        if codes.ndim != 3:
+            raise ValueError(f"codes must have shape (B, h, w), got {tuple(codes.shape)}")
+        return self.model.decode(codes)
+
+    def decode(self, codes: torch.Tensor) -> list[Image.Image]:
+        """Codes (B, h, w) -> PIL images."""
+        return to_pil(self.decode_pixels(codes))
+
+    def fingerprint(self) -> str:
+        """Short hash of config and weights: token shards record it to refuse other tokenizers."""
+        h = hashlib.sha256(repr(sorted(self.config.to_dict().items())).encode())
+        for name, t in sorted(self.model.state_dict().items()):
+            h.update(name.encode())
+            h.update(t.detach().cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()[:16]
+
+    def save_pretrained(self, path: str | os.PathLike) -> None:
+        """Write ``config.json`` and ``model.safetensors`` (atomically) into the folder ``path``."""
+        path = Path(path)
+        save_weights(path / WEIGHTS_NAME, self.model.state_dict(), metadata={"format": "cogview-vqvae"})
+        write_json(path / CONFIG_NAME, {"model_type": "vqvae", **self.config.to_dict()})
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike | None = None, device: torch.device | str = "cpu") -> ImageTokenizer:
+        """Load a tokenizer folder; ``None`` loads the default shipped with the package."""
+        path = Path(path) if path is not None else DEFAULT_PATH
+        if not path.is_dir():
+            raise CheckpointError(f"image tokenizer folder {path} does not exist")
+        raw = read_json(path / CONFIG_NAME)
+        if raw.pop("model_type", "vqvae") != "vqvae":
+            raise CheckpointError(f"{path / CONFIG_NAME} does not describe a VQ-VAE image tokenizer")
+        try:
+            cfg = VQVAEConfig.from_dict(raw)
+        except (TypeError, ValueError) as e:
+            raise CheckpointError(f"{path / CONFIG_NAME} is not a valid VQ-VAE config: {e}") from e
+        with torch.device("meta"):
+            model = VQVAE(cfg)
+        load_into(model, path / WEIGHTS_NAME)
+        # Non-persistent buffers (normalisation constants) are rebuilt off the meta device.
+        model.mean = torch.tensor(cfg.mean).view(1, 3, 1, 1)
+        model.std = torch.tensor(cfg.std).view(1, 3, 1, 1)
+        return cls(model.to(device))
