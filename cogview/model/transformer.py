@@ -1,0 +1,334 @@
+"""CogView's GPT-style causal transformer (paper Sec. 2.3-2.4; SPEC 1.2-1.6).
+
+Word + learned absolute position embeddings, N blocks with optional Sandwich-LN (SPEC 1.3),
+optional PB-relax attention and LayerNorm input scaling (SPEC 1.4), a final LayerNorm and an
+output head tied to the word embedding (SPEC 1.6). One ``forward`` serves training (no cache,
+causal mask by sequence order) and inference (a :class:`KVCache`, masked by cache slot).
+Parameter names follow llama/gpt-fast; ``keys.original_key_map`` maps them to the released weights.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cogview.model.config import TransformerConfig
+from cogview.model.kv_cache import KVCache
+from cogview.serialization import (
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    CheckpointError,
+    load_into,
+    read_json,
+    save_weights,
+    write_json,
+)
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+
+
+class LayerNorm(nn.LayerNorm):
+    """LayerNorm that may first rescale its input (PB-relax, SPEC 1.4); parameters as nn.LayerNorm.
+
+    ``"max"`` divides each row by its detached max|x| (the paper's LN(x / max x)); ``"original"``
+    divides the whole tensor by one detached max|x| / 8 (the released code). Both equal a plain
+    LayerNorm whose eps is multiplied by the squared divisor.
+    """
+
+    def __init__(self, dim: int, eps: float, input_scaling: str = "none") -> None:
+        super().__init__(dim, eps=eps)
+        self.input_scaling = input_scaling
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input_scaling == "max":
+            x = x / _nonzero(x.detach().abs().amax(dim=-1, keepdim=True))  # [..., 1] per row
+        elif self.input_scaling == "original":
+            x = x / _nonzero(x.detach().abs().amax() / 8)  # one scalar over batch, sequence, hidden
+        return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+
+
+def _nonzero(scale: torch.Tensor) -> torch.Tensor:
+    # An all-zero row would divide by zero; any positive divisor leaves it zero.
+    return scale.clamp_min(torch.finfo(scale.dtype).tiny)
+
+
+def pb_relax_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None,
+    alpha: float,
+    dropout_p: float = 0.0,
+) -> torch.Tensor:
+    """Softmax attention by the paper's PB-relax formula (SPEC 1.4), exact up to rounding.
+
+    ``softmax(QK^T/sqrt(d)) = softmax((Q/(a*sqrt(d)) K^T - max_keys) * a)``: Q is scaled before
+    the matmul so the scores are a times smaller, and the detached per-(head, query) max over the
+    allowed keys is removed before the exponent. q: [B, H, T, D]; k, v: [B, H, S, D]; mask: bool,
+    broadcastable to [B, H, T, S], True = may attend, None = causal by index (T == S).
+    """
+    T, S, D = q.shape[-2], k.shape[-2], q.shape[-1]
+    if mask is None:
+        mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril()  # [T, S]
+    scores = (q * (1.0 / (alpha * math.sqrt(D)))) @ k.transpose(-2, -1)  # [B, H, T, S]
+    scores = scores.masked_fill(~mask, float("-inf"))
+    shift = scores.detach().amax(dim=-1, keepdim=True)  # [B, H, T, 1], over allowed keys only
+    probs = torch.softmax((scores - shift) * alpha, dim=-1)  # [B, H, T, S]
+    probs = F.dropout(probs, p=dropout_p, training=dropout_p > 0)
+    return probs @ v  # [B, H, T, D]
+
+
+# ---------------------------------------------------------------------------------------------
+# layers
+
+
+class Attention(nn.Module):
+    """Multi-head causal self-attention with a fused Q|K|V projection (rows ordered as the original)."""
+
+    def __init__(self, config: TransformerConfig) -> None:
+        super().__init__()
+        self.dim, self.n_heads, self.head_dim = config.dim, config.n_heads, config.head_dim
+        self.pb_relax_alpha = config.pb_relax_alpha
+        self.dropout_p = config.dropout
+        self.wqkv = nn.Linear(config.dim, 3 * config.dim)
+        self.wo = nn.Linear(config.dim, config.dim)
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor | None,
+        cache: KVCache | None,
+        layer_idx: int,
+        cache_positions: torch.Tensor | None,
+    ) -> torch.Tensor:
+        B, T, _ = x.shape
+        q, k, v = self.wqkv(x).split(self.dim, dim=-1)  # 3 x [B, T, dim]
+        # Head i uses channels [i*D, (i+1)*D) of each part, as in the original (SPEC 1.3).
+        q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # [B, H, T, D]
+        k = k.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # [B, H, T, D]
+        v = v.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # [B, H, T, D]
+        if cache is not None:
+            k, v = cache.update(layer_idx, cache_positions, k, v)  # [B, H, S, D]
+            k, v = k.to(q.dtype), v.to(q.dtype)
+        dropout_p = self.dropout_p if self.training else 0.0
+        if self.pb_relax_alpha is None:
+            y = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=mask is None
+            )
+        else:
+            y = pb_relax_attention(q, k, v, mask, self.pb_relax_alpha, dropout_p)  # [B, H, T, D]
+        y = y.transpose(1, 2).reshape(B, T, self.dim)  # [B, T, dim]
+        return self.resid_dropout(self.wo(y))
+
+
+class FeedForward(nn.Module):
+    """Two-layer MLP with tanh-approximated GELU (SPEC 1.3)."""
+
+    def __init__(self, config: TransformerConfig) -> None:
+        super().__init__()
+        self.w1 = nn.Linear(config.dim, config.ffn_dim)
+        self.w2 = nn.Linear(config.ffn_dim, config.dim)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.w2(F.gelu(self.w1(x), approximate="tanh")))  # [B, T, dim]
+
+
+# ---------------------------------------------------------------------------------------------
+# block
+
+
+class Block(nn.Module):
+    """One layer: ``x + LN_3(Attn(LN_in(x)))`` then ``x + LN_4(MLP(LN_post(x)))`` (SPEC 1.3).
+
+    Without Sandwich-LN, LN_3 and LN_4 are identities (plain pre-LN) and hold no parameters.
+    """
+
+    def __init__(self, config: TransformerConfig) -> None:
+        super().__init__()
+
+        def norm() -> LayerNorm:
+            return LayerNorm(config.dim, config.norm_eps, config.ln_input_scaling)
+
+        self.attention_norm = norm()
+        self.attention = Attention(config)
+        self.attention_out_norm = norm() if config.sandwich_ln else nn.Identity()
+        self.ffn_norm = norm()
+        self.feed_forward = FeedForward(config)
+        self.ffn_out_norm = norm() if config.sandwich_ln else nn.Identity()
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor | None,
+        cache: KVCache | None,
+        layer_idx: int,
+        cache_positions: torch.Tensor | None,
+    ) -> torch.Tensor:
+        x = x + self.attention_out_norm(
+            self.attention(self.attention_norm(x), mask, cache, layer_idx, cache_positions)
+        )
+        x = x + self.ffn_out_norm(self.feed_forward(self.ffn_norm(x)))
+        return x  # [B, T, dim]
+
+
+# ---------------------------------------------------------------------------------------------
+# model
+
+
+class CogViewTransformer(nn.Module):
+    """The CogView decoder: ``forward(tokens, positions, cache=None) -> logits``."""
+
+    def __init__(self, config: TransformerConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.tok_embeddings = nn.Embedding(config.vocab_size, config.dim)
+        # Learned 1-D positions over the mixed text+image sequence, as the original (SPEC 1.2).
+        # A 2-D (row, column) embedding for image tokens would be added here, indexed by extra
+        # position ids; the released models have none.
+        self.pos_embeddings = nn.Embedding(config.max_seq_len, config.dim)
+        self.dropout = nn.Dropout(config.dropout)
+        self.layers = nn.ModuleList(Block(config) for _ in range(config.n_layers))
+        self.norm = LayerNorm(config.dim, config.norm_eps, config.ln_input_scaling)
+        # Tied head (SPEC 1.6): logits use tok_embeddings.weight, so no duplicate tensor is saved.
+        self.output = None if config.tied_head else nn.Linear(config.dim, config.vocab_size, bias=False)
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Initialise as SPEC 1.6: N(0, 0.02); output projections N(0, 0.02/sqrt(2L)); biases 0; LN 1/0."""
+        std, out_std = 0.02, 0.02 / math.sqrt(2 * self.config.n_layers)
+        for name, module in self.named_modules():
+            if isinstance(module, nn.Linear):
+                nn.init.normal_(
+                    module.weight, 0.0, out_std if name.endswith(("attention.wo", "feed_forward.w2")) else std
+                )
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, 0.0, std)
+            elif isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        positions: torch.Tensor,
+        cache: KVCache | None = None,
+        cache_positions: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Logits ``[B, T, V]`` for ``tokens`` ``[B, T]`` at position ids ``positions`` (``[T]`` or ``[B, T]``).
+
+        Without a cache, attention is causal over the sequence order (training, scoring).
+        With a cache, K/V are written at ``cache_positions`` (slots; default ``positions``) and each
+        query attends to the cache slots ``<= its own slot``. This one call does both a many-token
+        prefill and a one-token decode step. Position ids may restart (CogView super-resolution
+        recounts from [ROI2], SPEC 1.2) while slots keep counting: pass both in that case.
+        """
+        if tokens.dim() != 2:
+            raise ValueError(f"tokens must be [B, T], got shape {tuple(tokens.shape)}")
+        B, T = tokens.shape
+        if tuple(positions.shape) not in ((T,), (B, T)):
+            raise ValueError(
+                f"positions must be [T]={T} or [B, T]=[{B}, {T}], got shape {tuple(positions.shape)}"
+            )
+        mask = None  # None = causal by sequence index (fused SDPA path)
+        if cache is None:
+            if cache_positions is not None:
+                raise ValueError(
+                    "cache_positions were given without a cache; pass cache=model.new_cache(...)"
+                )
+        else:
+            cache_positions = positions if cache_positions is None else cache_positions
+            if tuple(cache_positions.shape) not in ((T,), (B, T)):
+                raise ValueError(
+                    f"cache_positions must be [T] or [B, T], got shape {tuple(cache_positions.shape)}"
+                )
+            if cache.batch_size != B:
+                raise ValueError(
+                    f"cache holds {cache.batch_size} rows but tokens have {B}; "
+                    "use cache.expand(n) to share a batch-1 prefill across n rows"
+                )
+            slots = torch.arange(cache.max_len, device=tokens.device)  # [S]
+            mask = (slots <= cache_positions[..., None]).unsqueeze(-3)  # [1, T, S] or [B, 1, T, S]
+
+        x = self.tok_embeddings(tokens) + self.pos_embeddings(positions)  # [B, T, dim]
+        x = self.dropout(x)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, mask, cache, i, cache_positions)  # [B, T, dim]
+        x = self.norm(x)
+        if self.output is None:
+            return F.linear(x, self.tok_embeddings.weight)  # [B, T, V]
+        return self.output(x)  # [B, T, V]
+
+    def new_cache(
+        self,
+        batch_size: int,
+        max_len: int | None = None,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ) -> KVCache:
+        """An empty KV cache for this model (default: ``max_seq_len`` slots, the weights' dtype and device)."""
+        weight = self.tok_embeddings.weight
+        return KVCache(
+            self.config.n_layers,
+            batch_size,
+            self.config.n_heads,
+            self.config.max_seq_len if max_len is None else max_len,
+            self.config.head_dim,
+            dtype=dtype or weight.dtype,
+            device=device or weight.device,
+        )
+
+    def num_parameters(self, exclude_embeddings: bool = False) -> int:
+        """Number of parameters (the tied head is counted once)."""
+        skip = (
+            {id(self.tok_embeddings.weight), id(self.pos_embeddings.weight)} if exclude_embeddings else set()
+        )
+        return sum(p.numel() for p in self.parameters() if id(p) not in skip)
+
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        """Write ``config.json`` and ``model.safetensors`` into ``directory`` (atomically)."""
+        directory = Path(directory)
+        write_json(directory / CONFIG_NAME, self.config.to_dict())
+        save_weights(
+            directory / WEIGHTS_NAME,
+            self.state_dict(),
+            metadata={"format": "pt", "class": type(self).__name__},
+        )
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        directory: str | os.PathLike,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> CogViewTransformer:
+        """Build from ``config.json`` on the meta device, then load ``model.safetensors`` strictly.
+
+        Returns the model in eval mode. Raises :class:`CheckpointError` for a missing, damaged or
+        mismatched file (missing/unexpected keys, wrong shapes).
+        """
+        directory = Path(directory)
+        try:
+            config = TransformerConfig.from_dict(read_json(directory / CONFIG_NAME))
+        except CheckpointError:
+            raise
+        except (ValueError, TypeError) as e:
+            raise CheckpointError(f"{directory / CONFIG_NAME} is not a valid transformer config: {e}") from e
+        with torch.device("meta"):
+            model = cls(config)
+        if dtype is not None:
+            model = model.to(dtype)  # free on meta; load_into then casts the file's tensors to it
+        load_into(model, directory / WEIGHTS_NAME)
+        if device is not None:
+            model = model.to(device)
+        return model.eval()
