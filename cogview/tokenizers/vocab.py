@@ -71,7 +71,9 @@ class Vocabulary:
         object.__setattr__(self, "extra_tokens", tuple(self.extra_tokens))
         clashes = [t for t in self.extra_tokens if t in COMMAND_TOKENS]
         if clashes:
-            raise ValueError(f"extra_tokens {clashes} are already command tokens; drop them from extra_tokens")
+            raise ValueError(
+                f"extra_tokens {clashes} are already command tokens; drop them from extra_tokens"
+            )
         if len(set(self.extra_tokens)) != len(self.extra_tokens):
             raise ValueError(f"extra_tokens must be unique, got {self.extra_tokens!r}")
 
@@ -219,16 +221,11 @@ def _shift(ids: Any, offset: int) -> Any:
 
 
 def _check_range(ids: Any, lo: int, hi: int, what: str) -> None:
-    inside = _in_range(ids, lo, hi)
-    ok = all(inside) if isinstance(inside, list) else bool(inside.all()) if hasattr(inside, "all") else bool(inside)
-    if not ok:
-        values = ids if isinstance(ids, (list, tuple, int)) else ids.tolist()
-        flat = [values] if isinstance(values, int) else _flatten(values)
-        bad = [v for v in flat if not lo <= v < hi][:5]
-        raise ValueError(f"{what} must lie in [{lo}, {hi}); found {bad}")
-
-
-def _flatten(values: Any) -> list[int]:
-    if isinstance(values, (list, tuple)):
-        return [v for item in values for v in _flatten(item)]
-    return [int(values)]
+    if isinstance(ids, (int, list, tuple)):
+        flat = [ids] if isinstance(ids, int) else [int(i) for i in ids]
+        bad = [i for i in flat if not lo <= i < hi]
+    else:  # tensor, array or numpy scalar: one vectorised check
+        flat = ids.reshape(-1)
+        bad = flat[(flat < lo) | (flat >= hi)].tolist()
+    if bad:
+        raise ValueError(f"{what} must lie in [{lo}, {hi}); found {bad[:5]}")
