@@ -249,7 +249,14 @@ class TextTokenizer:
     # --- text <-> text ids -----------------------------------------------------------------
 
     def encode(self, text: str, max_length: int | None = None) -> list[int]:
-        """SentencePiece ids of ``text`` (no bos/eos added); ``""`` gives ``[]``.
+        """SentencePiece ids of ``text`` (no bos/eos added).
+
+        With our byte-fallback models ``decode(encode(text)) == text`` for every string, including
+        newlines, tabs, repeated spaces, emoji and U+2581; the original ``cog-pretrain.model``
+        normalises (NFKC, collapsed spaces) and maps unknown characters to ``<unk>`` (id 0).
+        ``""`` gives ``[]``: rejecting empty prompts is the pipeline's job. The original's query
+        parsing (split on ASCII spaces, each run between command tokens encoded separately,
+        SPEC 2.1) belongs to whoever builds sequences, not here.
 
         With ``max_length``, longer encodings are cut to ``max_length`` ids (never inside a
         character's byte sequence) and a ``UserWarning`` says by how much.
