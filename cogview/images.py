@@ -45,11 +45,19 @@ def to_tensor(images: Sequence[Image.Image], size: int | None = None) -> torch.T
 
 def to_pil(pixels: torch.Tensor) -> list[Image.Image]:
     """Float tensor (B, 3, H, W) in [0, 1] -> PIL images (clamped, rounded)."""
-    arr = pixels.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    arr = (
+        pixels.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    )
     return [Image.fromarray(a, "RGB") for a in arr]
 
 
-def make_grid(images: Sequence[Image.Image], columns: int, scale: int = 1, pad: int = 2, fill: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
+def make_grid(
+    images: Sequence[Image.Image],
+    columns: int,
+    scale: int = 1,
+    pad: int = 2,
+    fill: tuple[int, int, int] = (255, 255, 255),
+) -> Image.Image:
     """Paste equally sized images into a grid, optionally upscaled (nearest) for viewing."""
     if not images:
         raise ValueError("no images to put in a grid")

@@ -37,6 +37,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, 0o644)  # mkstemp creates 0600; saved models should be readable like any file
     try:
         write(tmp)
         with open(tmp, "rb+") as f:
@@ -72,7 +73,9 @@ def read_json(path: str | os.PathLike) -> dict[str, Any]:
     return obj
 
 
-def save_weights(path: str | os.PathLike, state_dict: Mapping[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+def save_weights(
+    path: str | os.PathLike, state_dict: Mapping[str, torch.Tensor], metadata: dict[str, str] | None = None
+) -> None:
     """Save tensors as safetensors, atomically (contiguous, detached CPU copies)."""
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata or {}))
@@ -91,7 +94,9 @@ def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         ) from e
 
 
-def check_state_dict(expected: Mapping[str, torch.Tensor], found: Mapping[str, torch.Tensor], source: str, limit: int = 5) -> None:
+def check_state_dict(
+    expected: Mapping[str, torch.Tensor], found: Mapping[str, torch.Tensor], source: str, limit: int = 5
+) -> None:
     """Raise :class:`CheckpointError` naming the first missing, unexpected and mis-shaped keys."""
     missing = [k for k in expected if k not in found]
     unexpected = [k for k in found if k not in expected]
@@ -120,5 +125,7 @@ def load_into(module: torch.nn.Module, path: str | os.PathLike, *, buffers: bool
     expected = module.state_dict()
     check_state_dict(expected, found, str(path))
     on_meta = any(t.is_meta for t in expected.values())
-    found = {k: v.to(expected[k].dtype) if expected[k].dtype.is_floating_point else v for k, v in found.items()}
+    found = {
+        k: v.to(expected[k].dtype) if expected[k].dtype.is_floating_point else v for k, v in found.items()
+    }
     module.load_state_dict(found, strict=True, assign=on_meta)

@@ -17,7 +17,15 @@ import torch
 from PIL import Image
 
 from cogview.images import to_pil, to_tensor
-from cogview.serialization import CONFIG_NAME, WEIGHTS_NAME, CheckpointError, load_into, read_json, save_weights, write_json
+from cogview.serialization import (
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    CheckpointError,
+    load_into,
+    read_json,
+    save_weights,
+    write_json,
+)
 from cogview.tokenizers.vqvae import VQVAE, VQVAEConfig
 
 DEFAULT_PATH = Path(__file__).resolve().parent.parent / "assets" / "default" / "image_tokenizer"
@@ -58,7 +66,9 @@ class ImageTokenizer:
             images = [images]
         if isinstance(images, torch.Tensor):
             if images.ndim != 4 or images.shape[1] != 3:
-                raise ValueError(f"expected a float tensor (B, 3, H, W) in [0, 1], got shape {tuple(images.shape)}")
+                raise ValueError(
+                    f"expected a float tensor (B, 3, H, W) in [0, 1], got shape {tuple(images.shape)}"
+                )
             pixels = images.float()
             if pixels.shape[-2:] != (self.image_size, self.image_size):
                 pixels = torch.nn.functional.interpolate(
@@ -102,7 +112,9 @@ class ImageTokenizer:
         write_json(path / CONFIG_NAME, {"model_type": "vqvae", **self.config.to_dict()})
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike | None = None, device: torch.device | str = "cpu") -> ImageTokenizer:
+    def from_pretrained(
+        cls, path: str | os.PathLike | None = None, device: torch.device | str = "cpu"
+    ) -> ImageTokenizer:
         """Load a tokenizer folder; ``None`` loads the default shipped with the package."""
         path = Path(path) if path is not None else DEFAULT_PATH
         if not path.is_dir():

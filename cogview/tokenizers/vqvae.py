@@ -82,8 +82,16 @@ class VQVAEConfig:
 def original_config() -> VQVAEConfig:
     """The released CogView tokenizer (``vqvae_hard_biggerset_011.pt``), SPEC.md 2.2."""
     return VQVAEConfig(
-        image_size=256, channels=512, n_down=3, n_res_blocks=0, embed_dim=256, n_embed=8192,
-        restart_every=0, mean=ORIGINAL_MEAN, std=ORIGINAL_STD, clamp_output=False,
+        image_size=256,
+        channels=512,
+        n_down=3,
+        n_res_blocks=0,
+        embed_dim=256,
+        n_embed=8192,
+        restart_every=0,
+        mean=ORIGINAL_MEAN,
+        std=ORIGINAL_STD,
+        clamp_output=False,
     )
 
 
@@ -172,13 +180,17 @@ class VectorQuantizer(nn.Module):
 
     def codes_for(self, flat: torch.Tensor) -> torch.Tensor:
         """Index of the nearest code for each row of ``flat`` (N, D)."""
-        dist = flat.pow(2).sum(1, keepdim=True) - 2 * flat @ self.embed + self.embed.pow(2).sum(0, keepdim=True)
+        dist = (
+            flat.pow(2).sum(1, keepdim=True) - 2 * flat @ self.embed + self.embed.pow(2).sum(0, keepdim=True)
+        )
         return dist.argmin(1)  # (N,)
 
     def lookup(self, codes: torch.Tensor) -> torch.Tensor:
         """Codes (B, h, w) -> vectors (B, D, h, w)."""
         if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= self.n_embed):
-            raise ValueError(f"codes must lie in [0, {self.n_embed}), got [{int(codes.min())}, {int(codes.max())}]")
+            raise ValueError(
+                f"codes must lie in [0, {self.n_embed}), got [{int(codes.min())}, {int(codes.max())}]"
+            )
         return F.embedding(codes, self.embed.t()).permute(0, 3, 1, 2)
 
     def forward(

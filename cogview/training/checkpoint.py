@@ -1,0 +1,101 @@
+"""Training checkpoints that survive kills and resume exactly.
+
+A checkpoint is a folder ``DIR/checkpoints/step_00001234/`` holding the component's
+``save_pretrained`` output (``config.json`` + ``model.safetensors``) and ``state.pt`` (optimizer,
+step, RNG states, anything else the trainer needs). It is written under a temporary name and
+renamed when complete, so a kill during a save leaves the previous checkpoint as the latest.
+``state.pt`` is our own file but is still read with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import re
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+STATE_NAME = "state.pt"
+_STEP_DIR = re.compile(r"^step_(\d{8})$")
+
+
+def rng_state() -> dict[str, Any]:
+    """Every global RNG a training step may touch (python, numpy, torch CPU)."""
+    np_state = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": (np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]),
+        "torch": torch.get_rng_state(),
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(_to_tuple(state["python"]))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy(), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+
+
+def _to_tuple(x: Any) -> Any:
+    return tuple(_to_tuple(v) for v in x) if isinstance(x, list | tuple) else x
+
+
+def checkpoint_dirs(out_dir: str | os.PathLike) -> list[Path]:
+    """Complete checkpoints under ``out_dir/checkpoints``, oldest first."""
+    root = Path(out_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.is_dir() and _STEP_DIR.match(p.name))
+
+
+def latest_checkpoint(out_dir: str | os.PathLike) -> Path | None:
+    dirs = checkpoint_dirs(out_dir)
+    return dirs[-1] if dirs else None
+
+
+def save_checkpoint(
+    out_dir: str | os.PathLike,
+    step: int,
+    save_model: Callable[[Path], None],
+    state: dict[str, Any],
+    keep_last: int = 3,
+) -> Path:
+    """Write a complete checkpoint for ``step`` atomically and prune all but the last ``keep_last``."""
+    root = Path(out_dir) / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step_{step:08d}"
+    tmp = root / f".tmp_step_{step:08d}_{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    save_model(tmp)
+    torch.save({"step": step, "rng": rng_state(), **state}, tmp / STATE_NAME)
+    for f in tmp.iterdir():
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+    if final.exists():  # re-saving the same step (e.g. after a resume): replace it
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    for old in checkpoint_dirs(out_dir)[:-keep_last] if keep_last > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    for stale in root.glob(".tmp_step_*"):  # leftovers of killed saves
+        shutil.rmtree(stale, ignore_errors=True)
+    return final
+
+
+def load_state(checkpoint: str | os.PathLike) -> dict[str, Any]:
+    """Read ``state.pt`` safely (tensors and plain containers only)."""
+    path = Path(checkpoint) / STATE_NAME
+    if not path.is_file():
+        raise ValueError(f"{checkpoint} is not a training checkpoint: {STATE_NAME} is missing")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure means the file is unusable
+        raise ValueError(f"{path} could not be read safely ({e}); the checkpoint is damaged") from e

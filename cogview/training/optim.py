@@ -1,0 +1,36 @@
+"""Learning-rate schedule and optimiser parameter groups shared by every trainer.
+
+The schedule is a pure function of the step (linear warmup, then cosine decay to
+``min_ratio`` x the peak, SPEC.md 4.3), so resuming needs only the step, not a scheduler object.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def lr_at(step: int, peak: float, warmup: int, total: int, min_ratio: float = 0.1) -> float:
+    """Learning rate at ``step`` (0-based): linear warmup to ``peak``, cosine to ``min_ratio * peak`` at ``total``."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return peak * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on matrices and conv kernels only; biases, norms and embeddings get none (SPEC.md 4.3)."""
+    decay, no_decay = [], []
+    embedding_params = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    for p in model.parameters():
+        if not p.requires_grad:
+            continue
+        (decay if p.ndim >= 2 and id(p) not in embedding_params else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
