@@ -5,6 +5,7 @@ dark ink on light paper (grey = 255 * (1 - value / 16), so 0 is white paper and 
 ink), upscaled with a bicubic filter to `size` (32 by default) so strokes look smooth, and
 returned as RGB with equal channels. Captions pick one of several templates per language by a
 hash of (seed, split, index); template 0 is canonical (手写数字7 / a handwritten digit 7).
+attributes: {"digit": label, "index": position in scikit-learn's order (1500.. for test)}.
 """
 
 from __future__ import annotations
