@@ -15,14 +15,14 @@ from PIL import Image
 
 
 def resize_center_crop(image: Image.Image, size: int) -> Image.Image:
-    """Resize the shorter side to ``size`` and center-crop a square (CogView's preprocessing)."""
+    """Resize the shorter side to ``size`` (area-averaging when shrinking) and center-crop a square, as CogView."""
     image = image.convert("RGB")
     w, h = image.size
     if (w, h) == (size, size):
         return image
     scale = size / min(w, h)
     nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-    image = image.resize((nw, nh), Image.BICUBIC)
+    image = image.resize((nw, nh), Image.Resampling.BICUBIC, reducing_gap=3.0)
     left, top = (nw - size) // 2, (nh - size) // 2
     return image.crop((left, top, left + size, top + size))
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from PIL import Image
 
 from cogview.datasets.base import Example, ExampleSequence, check_size, stable_int
+from cogview.images import resize_center_crop
 
 logger = logging.getLogger(__name__)
 
@@ -36,17 +37,6 @@ _CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-
 def has_cjk(text: str) -> bool:
     """Whether `text` contains a Chinese, Japanese or Korean character."""
     return _CJK.search(text) is not None
-
-
-def resize_center_crop(image: Image.Image, size: int) -> Image.Image:
-    """Resize so the shorter side is `size` (area-averaging when shrinking), then centre-crop a square."""
-    image = image.convert("RGB")
-    w, h = image.size
-    scale = size / min(w, h)
-    new_w, new_h = max(size, round(w * scale)), max(size, round(h * scale))
-    image = image.resize((new_w, new_h), Image.Resampling.BICUBIC, reducing_gap=3.0)
-    left, top = (new_w - size) // 2, (new_h - size) // 2
-    return image.crop((left, top, left + size, top + size))
 
 
 def _read_pairs(caption_file: Path) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:

@@ -1,68 +1,19 @@
-"""Command-line interface: ``cogview SUBCOMMAND ...`` (also ``python -m cogview``).
-
-Each subcommand maps flags to a config or a few arguments and makes one library call; all
-logging is configured here, never in the library.
-"""
+"""``cogview roundtrip`` and ``cogview train-tokenizer``: the image tokenizer's commands."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
-import sys
 from pathlib import Path
 
-log = logging.getLogger("cogview")
-
-
-def _configure_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
-    )
-
-
-def _read_config_file(path: str | None) -> dict:
-    if not path:
-        return {}
-    p = Path(path)
-    if not p.is_file():
-        raise ValueError(f"config file {p} does not exist")
-    text = p.read_text(encoding="utf-8")
-    if p.suffix in (".yaml", ".yml"):
-        try:
-            import yaml
-        except ImportError as e:
-            raise ValueError("YAML configs need PyYAML: pip install pyyaml (or use a .json config)") from e
-        data = yaml.safe_load(text)
-    else:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{p} is not valid JSON: {e}") from e
-    if not isinstance(data, dict):
-        raise ValueError(f"{p} must hold a mapping of config keys to values")
-    return data
-
-
-def _parse_overrides(pairs: list[str]) -> dict:
-    """``key=value`` pairs; values are parsed as JSON when possible (numbers, lists, booleans)."""
-    out: dict = {}
-    for pair in pairs:
-        if "=" not in pair:
-            raise ValueError(f"--set expects key=value, got {pair!r}")
-        key, value = pair.split("=", 1)
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
-    return out
+from cogview.cli.common import parse_overrides, read_config_file
 
 
 def cmd_train_tokenizer(args: argparse.Namespace) -> int:
     from cogview.training.vqvae import TokenizerTrainConfig, train_tokenizer
 
-    raw = _read_config_file(args.config)
-    raw.update(_parse_overrides(args.set or []))
+    raw = read_config_file(args.config)
+    raw.update(parse_overrides(args.set or []))
     if args.datasets:
         raw["datasets"] = args.datasets.split(",")
     cfg = TokenizerTrainConfig.from_dict(raw)
@@ -94,14 +45,7 @@ def cmd_roundtrip(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="cogview",
-        description="CogView in modern PyTorch: image and text tokenizers, transformer, training and generation.",
-    )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-
+def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "roundtrip",
         help="encode and decode bundled test images with the image tokenizer; write a PNG grid and metrics",
@@ -142,22 +86,3 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-steps", type=int, help="stop after this step (the schedule still targets the config's steps)"
     )
     p.set_defaults(func=cmd_train_tokenizer)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 0
-    _configure_logging(args.verbose)
-    try:
-        return int(args.func(args) or 0)
-    except ValueError as e:  # bad user input: a clear message, no traceback
-        print(f"cogview {args.command}: error: {e}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
