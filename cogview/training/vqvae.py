@@ -223,7 +223,7 @@ def train_tokenizer(
             p = counts[counts > 0] / counts.sum()
             row = {
                 "step": step + 1,
-                "loss": float(result["loss"]),
+                "loss": float(result["loss"].detach()),
                 "mse": float(result["mse"]),
                 "psnr": float(psnr(result["pixels"], pixels).mean()),
                 "usage": model.quantize_t.usage(),

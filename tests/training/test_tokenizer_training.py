@@ -1,0 +1,93 @@
+"""Tokenizer training: exact resume, atomic checkpoints, outputs, config errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from cogview.tokenizers.image import ImageTokenizer
+from cogview.tokenizers.vqvae import VQVAE_PRESETS
+from cogview.training.checkpoint import checkpoint_dirs, latest_checkpoint
+from cogview.training.vqvae import TokenizerTrainConfig, train_tokenizer
+
+
+def config(**kw) -> TokenizerTrainConfig:
+    base = dict(
+        datasets=("digits",),
+        max_examples=64,
+        model=VQVAE_PRESETS["tiny"].to_dict(),
+        steps=8,
+        batch_size=8,
+        warmup=2,
+        log_every=1,
+        checkpoint_every=3,
+        keep_last=2,
+        seed=1,
+    )
+    base.update(kw)
+    return TokenizerTrainConfig(**base)
+
+
+def losses(out: Path) -> list[float]:
+    return [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path: Path) -> None:
+    cfg = config()
+    full = train_tokenizer(cfg, tmp_path / "full", progress=False)
+    assert full["step"] == 8
+    stopped = train_tokenizer(cfg, tmp_path / "resumed", max_steps=5, progress=False)
+    assert stopped == {"step": 5}
+    assert latest_checkpoint(tmp_path / "resumed").name == "step_00000005"
+    train_tokenizer(cfg, tmp_path / "resumed", resume=True, progress=False)
+    assert losses(tmp_path / "resumed")[-3:] == losses(tmp_path / "full")[-3:]
+    a = ImageTokenizer.from_pretrained(tmp_path / "full" / "model").model.state_dict()
+    b = ImageTokenizer.from_pretrained(tmp_path / "resumed" / "model").model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_outputs_and_checkpoint_pruning(tmp_path: Path) -> None:
+    result = train_tokenizer(config(steps=10), tmp_path, progress=False)
+    assert {"psnr", "usage", "perplexity"} <= set(result["train"]) and "test_digits" in result
+    assert [p.name for p in checkpoint_dirs(tmp_path)] == ["step_00000006", "step_00000009"]
+    assert (tmp_path / "reconstructions_digits.png").stat().st_size > 0
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(1, 11))
+    assert {"loss", "mse", "psnr", "usage", "perplexity", "lr", "images_per_s"} <= set(rows[0])
+
+
+def test_a_crash_while_saving_keeps_the_last_good_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = config()
+    train_tokenizer(cfg, tmp_path, max_steps=3, progress=False)
+    good = latest_checkpoint(tmp_path)
+
+    def crash(self, path):  # the process "dies" half-way through writing the next checkpoint
+        (Path(path) / "model.safetensors").write_bytes(b"partial")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ImageTokenizer, "save_pretrained", crash)
+    with pytest.raises(KeyboardInterrupt):
+        train_tokenizer(cfg, tmp_path, resume=True, max_steps=6, progress=False)
+    monkeypatch.undo()
+    assert latest_checkpoint(tmp_path) == good
+    ImageTokenizer.from_pretrained(good)  # still loads
+
+
+def test_resume_with_another_config_is_refused(tmp_path: Path) -> None:
+    train_tokenizer(config(), tmp_path, max_steps=3, progress=False)
+    with pytest.raises(ValueError, match="different training config"):
+        train_tokenizer(config(lr=1e-3), tmp_path, resume=True, progress=False)
+
+
+def test_config_errors_name_the_problem() -> None:
+    with pytest.raises(ValueError, match=r"unknown tokenizer training keys \['stepz'\]"):
+        TokenizerTrainConfig.from_dict({"stepz": 3})
+    with pytest.raises(ValueError, match="unknown VQ-VAE preset 'huge'"):
+        TokenizerTrainConfig.from_dict({"model": "huge"})
+    with pytest.raises(ValueError, match="batch_size must be positive"):
+        TokenizerTrainConfig(batch_size=0)
