@@ -1,3 +1,24 @@
-"""cogview: CogView text-to-image, captioning, reranking and super-resolution in modern PyTorch."""
+"""cogview: CogView text-to-image, captioning, reranking and super-resolution in modern PyTorch.
+
+Public API: :class:`ImageTokenizer` (VQ-VAE), :class:`TextTokenizer` (SentencePiece),
+:class:`Vocabulary`, :class:`CogViewTransformer` / :class:`TransformerConfig`, and the bundled
+data sets in :mod:`cogview.datasets`. Importing has no side effects.
+"""
+
+from cogview import datasets
+from cogview.model import PRESETS, CogViewTransformer, TransformerConfig
+from cogview.tokenizers.image import ImageTokenizer
+from cogview.tokenizers.text import TextTokenizer
+from cogview.tokenizers.vocab import Vocabulary
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "PRESETS",
+    "CogViewTransformer",
+    "ImageTokenizer",
+    "TextTokenizer",
+    "TransformerConfig",
+    "Vocabulary",
+    "datasets",
+]
