@@ -10,9 +10,9 @@ import argparse
 import logging
 import sys
 
-from cogview.cli import tokenizer
+from cogview.cli import data, tokenizer
 
-COMMAND_MODULES = (tokenizer,)
+COMMAND_MODULES = (tokenizer, data)
 
 
 def _configure_logging(verbose: bool) -> None:

@@ -78,9 +78,20 @@ def _ids(vocab: Vocabulary, *names: str) -> np.ndarray:
     return np.array([vocab.token_id(n) for n in names], dtype=np.int64)
 
 
+def _restart_positions(index: Any, first_roi2: Any, roi2_rule: str) -> Any:
+    """SPEC 1.2's position restart, for numpy arrays and tensors alike (one copy of the rule)."""
+    if roi2_rule not in ROI2_RULES:
+        raise ValueError(f"roi2_rule must be one of {ROI2_RULES}, got {roi2_rule!r}")
+    after = index >= first_roi2 if roi2_rule == "training" else index > first_roi2
+    return index - after * first_roi2
+
+
 def _sequence(tokens: np.ndarray, vocab: Vocabulary, roi2_rule: str = "inference") -> TokenSequence:
-    positions, mask = positions_and_mask(torch.from_numpy(tokens)[None], vocab, roi2_rule=roi2_rule)
-    return TokenSequence(tokens, positions[0].numpy(), mask[0].numpy())
+    roi2 = np.flatnonzero(tokens == vocab.token_id("[ROI2]"))
+    first = int(roi2[0]) if roi2.size else len(tokens)
+    positions = _restart_positions(np.arange(len(tokens), dtype=np.int64), first, roi2_rule)
+    loss_mask = (tokens != vocab.token_id("[PAD]")).astype(np.float32)
+    return TokenSequence(tokens, positions, loss_mask)
 
 
 # --- builders (SPEC 2.4) ----------------------------------------------------------------------
@@ -207,16 +218,13 @@ def positions_and_mask(
     Returns:
         positions ``(B, L)`` int64 and loss_mask ``(B, L)`` float32, on ``tokens.device``.
     """
-    if roi2_rule not in ROI2_RULES:
-        raise ValueError(f"roi2_rule must be one of {ROI2_RULES}, got {roi2_rule!r}")
     if tokens.ndim != 2:
         raise ValueError(f"tokens must have shape (B, L), got {tuple(tokens.shape)}")
     B, L = tokens.shape
     index = torch.arange(L, device=tokens.device).expand(B, L)  # B, L
     is_roi2 = tokens == vocab.token_id("[ROI2]")  # B, L
     first = torch.where(is_roi2.any(1), is_roi2.int().argmax(1), L)[:, None]  # B, 1
-    after = index >= first if roi2_rule == "training" else index > first  # B, L
-    positions = torch.where(after, index - first, index)  # B, L
+    positions = _restart_positions(index, first, roi2_rule)  # B, L
     loss_mask = (tokens != vocab.token_id("[PAD]")).float()  # B, L
     return positions, loss_mask
 
