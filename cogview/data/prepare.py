@@ -262,13 +262,14 @@ def prepare(
         "image_tokenizer": image_fp,
     }
 
+    started = time.perf_counter()
+    # Loaded before touching out_dir, so that a wrong name or split leaves no folder behind.
+    ds = datasets.load(dataset, split, size=image_tokenizer.image_size)
     out = Path(out_dir)
     chunks = _start_or_resume(out, settings, resume, seq_len * dtype.itemsize)
     if chunks is None:  # already finished with these settings
         return read_json(out / MANIFEST_NAME)
 
-    started = time.perf_counter()
-    ds = datasets.load(dataset, split, size=image_tokenizer.image_size)
     n = len(ds) if max_examples is None else min(len(ds), max_examples)
     load_skipped = [list(s) for s in getattr(ds, "skipped", [])]
     n_chunks = (n + examples_per_shard - 1) // examples_per_shard
@@ -346,11 +347,21 @@ def _start_or_resume(
         if resume and core == settings:
             logger.info("%s is already complete; nothing to do", out)
             return None
-        raise ValueError(f"{out} already holds finished token shards; choose a new --out folder")
+        if resume:
+            diff = "; ".join(_settings_diff(core, settings))
+            raise ValueError(
+                f"{out} already holds finished token shards made with other settings ({diff}); "
+                f"choose a new --out folder"
+            )
+        raise ValueError(
+            f"{out} already holds finished token shards; train on them, or choose a new --out folder"
+        )
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file; choose a folder")
     if not out.exists() or not any(out.iterdir()):
         out.mkdir(parents=True, exist_ok=True)
+        # Written before any work, so that even a run killed in its first chunk can be resumed.
+        write_json(out / PROGRESS_NAME, {"settings": settings, "chunks": []})
         return []
     if not resume:
         raise ValueError(
