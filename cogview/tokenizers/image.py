@@ -61,7 +61,10 @@ class ImageTokenizer:
         self.model.to(device)
         return self
 
-    def _pixels(self, images: Sequence[Image.Image] | torch.Tensor) -> torch.Tensor:
+    def _pixels(self, images: Sequence[Image.Image] | torch.Tensor, size: int | None = None) -> torch.Tensor:
+        size = size or self.image_size
+        if size % (2**self.config.n_down):
+            raise ValueError(f"size={size} must be a multiple of {2**self.config.n_down} for this tokenizer")
         if isinstance(images, Image.Image):
             images = [images]
         if isinstance(images, torch.Tensor):
@@ -70,18 +73,22 @@ class ImageTokenizer:
                     f"expected a float tensor (B, 3, H, W) in [0, 1], got shape {tuple(images.shape)}"
                 )
             pixels = images.float()
-            if pixels.shape[-2:] != (self.image_size, self.image_size):
+            if pixels.shape[-2:] != (size, size):
                 pixels = torch.nn.functional.interpolate(
-                    pixels, size=(self.image_size, self.image_size), mode="bicubic", antialias=True
+                    pixels, size=(size, size), mode="bicubic", antialias=True
                 ).clamp(0, 1)
         else:
-            pixels = to_tensor(list(images), self.image_size)
+            pixels = to_tensor(list(images), size)
         return pixels.to(self.device)
 
     @torch.inference_mode()
-    def encode(self, images: Sequence[Image.Image] | torch.Tensor) -> torch.Tensor:
-        """PIL images (any size: resized and center-cropped) or pixels (B, 3, H, W) in [0, 1] -> codes (B, h, w)."""
-        return self.model.encode(self._pixels(images))
+    def encode(self, images: Sequence[Image.Image] | torch.Tensor, size: int | None = None) -> torch.Tensor:
+        """PIL images (any size: resized and center-cropped) or pixels (B, 3, H, W) in [0, 1] -> codes (B, h, w).
+
+        ``size`` encodes at another resolution than the training one (the network is fully
+        convolutional): super-resolution uses it to tokenise 2x images into 2x code grids.
+        """
+        return self.model.encode(self._pixels(images, size))
 
     @torch.inference_mode()
     def decode_pixels(self, codes: torch.Tensor) -> torch.Tensor:

@@ -80,3 +80,11 @@ def test_foreign_and_missing_files_are_refused(tmp_path: Path) -> None:
 def test_bad_tensor_shape_is_a_clear_error(tokenizer: ImageTokenizer) -> None:
     with pytest.raises(ValueError, match=r"expected a float tensor \(B, 3, H, W\)"):
         tokenizer.encode(torch.rand(3, 32, 32))
+
+
+def test_encode_at_another_size_gives_a_proportional_grid(tokenizer: ImageTokenizer) -> None:
+    image = Image.new("RGB", (64, 64), (10, 200, 30))
+    assert tokenizer.encode([image], size=64).shape == (1, 16, 16)
+    assert tokenizer.decode(tokenizer.encode([image], size=64))[0].size == (64, 64)
+    with pytest.raises(ValueError, match="multiple of 4"):
+        tokenizer.encode([image], size=30)
