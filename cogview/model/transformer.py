@@ -115,8 +115,9 @@ class Attention(nn.Module):
         k = k.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # [B, H, T, D]
         v = v.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # [B, H, T, D]
         if cache is not None:
-            k, v = cache.update(layer_idx, cache_positions, k, v)  # [B, H, S, D]
-            k, v = k.to(q.dtype), v.to(q.dtype)
+            k, v = cache.update(layer_idx, cache_positions, k, v)  # [B, H, S_max, D]
+            S = mask.shape[-1]  # kv_len: only the first S slots can be attended
+            k, v = k[:, :, :S].to(q.dtype), v[:, :, :S].to(q.dtype)  # [B, H, S, D]
         dropout_p = self.dropout_p if self.training else 0.0
         if self.pb_relax_alpha is None:
             y = F.scaled_dot_product_attention(
@@ -224,6 +225,7 @@ class CogViewTransformer(nn.Module):
         positions: torch.Tensor,
         cache: KVCache | None = None,
         cache_positions: torch.Tensor | None = None,
+        kv_len: int | None = None,
     ) -> torch.Tensor:
         """Logits ``[B, T, V]`` for ``tokens`` ``[B, T]`` at position ids ``positions`` (``[T]`` or ``[B, T]``).
 
@@ -232,6 +234,9 @@ class CogViewTransformer(nn.Module):
         query attends to the cache slots ``<= its own slot``. This one call does both a many-token
         prefill and a one-token decode step. Position ids may restart (CogView super-resolution
         recounts from [ROI2], SPEC 1.2) while slots keep counting: pass both in that case.
+        ``kv_len`` (cache only) limits attention to the first ``kv_len`` slots, which must include
+        every slot in ``cache_positions``: a decode step then reads only the filled part of a
+        preallocated cache (attention cost grows with the text so far, not with ``max_len``).
         """
         if tokens.dim() != 2:
             raise ValueError(f"tokens must be [B, T], got shape {tuple(tokens.shape)}")
@@ -246,6 +251,8 @@ class CogViewTransformer(nn.Module):
                 raise ValueError(
                     "cache_positions were given without a cache; pass cache=model.new_cache(...)"
                 )
+            if kv_len is not None:
+                raise ValueError("kv_len limits the attended cache slots; it needs a cache")
         else:
             cache_positions = positions if cache_positions is None else cache_positions
             if tuple(cache_positions.shape) not in ((T,), (B, T)):
@@ -257,8 +264,14 @@ class CogViewTransformer(nn.Module):
                     f"cache holds {cache.batch_size} rows but tokens have {B}; "
                     "use cache.expand(n) to share a batch-1 prefill across n rows"
                 )
-            slots = torch.arange(cache.max_len, device=tokens.device)  # [S]
-            mask = (slots <= cache_positions[..., None]).unsqueeze(-3)  # [1, T, S] or [B, 1, T, S]
+            S = cache.max_len if kv_len is None else kv_len
+            if not 0 < S <= cache.max_len:
+                raise ValueError(f"kv_len={kv_len} must lie in [1, cache.max_len={cache.max_len}]")
+            slots = torch.arange(S, device=tokens.device)  # [S]
+            mask = slots <= cache_positions[..., None]  # [T, S] or [B, T, S]
+            # Always 4-D: SDPA's fused CPU kernel takes a [B|1, 1, T, S] mask; a 3-D one falls back
+            # to the unfused math path (2-3x slower per decode step).
+            mask = mask.view(mask.shape[0] if mask.dim() == 3 else 1, 1, T, S)  # [B|1, 1, T, S]
 
         x = self.tok_embeddings(tokens) + self.pos_embeddings(positions)  # [B, T, dim]
         x = self.dropout(x)

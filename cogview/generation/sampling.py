@@ -1,0 +1,177 @@
+"""Pure logits processors and samplers for autoregressive decoding (SPEC 3.1, step 3).
+
+Each function maps a ``[B, V]`` logits tensor to a new one (inputs are never modified), works
+row by row at any batch size (the original's top-p worked only at batch 1) and takes its
+randomness from an explicit ``torch.Generator`` or from uniforms drawn from one. Classifier-free
+guidance (not in CogView) is :func:`cfg_combine`. :class:`SamplingConfig` names one setting.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+NEG_INF = float("-inf")
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """Sampling settings of one generation call.
+
+    Attributes:
+        temperature: logits are divided by it before filtering (> 0; the original's default 1.0).
+        top_k: keep the k most likely allowed ids per row; 0 keeps all (the original's scripts use 200).
+        top_p: keep the smallest set of ids whose probability reaches p (nucleus, shift-right as the
+            original); 0 or 1 keep all (0 is the original's "off").
+        guidance_scale: classifier-free guidance ``uncond + s * (cond - uncond)``; 1 switches it off.
+    """
+
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 0.0
+    guidance_scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name in ("temperature", "top_p", "guidance_scale"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value!r}")
+            object.__setattr__(self, name, float(value))
+        if self.temperature <= 0:
+            raise ValueError(
+                f"temperature must be > 0, got {self.temperature}; use top_k=1 for greedy decoding"
+            )
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
+            raise ValueError(f"top_k must be an integer >= 0 (0 keeps all ids), got {self.top_k!r}")
+        if not 0.0 <= self.top_p <= 1.0:
+            raise ValueError(f"top_p must lie in [0, 1] (0 or 1 keep all ids), got {self.top_p}")
+        if self.guidance_scale < 0:
+            raise ValueError(
+                f"guidance_scale must be >= 0 (1 switches guidance off, 0 samples unconditionally), "
+                f"got {self.guidance_scale}"
+            )
+
+    @property
+    def guided(self) -> bool:
+        """Whether unconditional rows are needed (any scale other than 1)."""
+        return self.guidance_scale != 1.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SamplingConfig:
+        """Build from a (possibly partial) dict; unknown keys are refused."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown sampling setting(s) {unknown}; valid ones are {sorted(known)}")
+        return cls(**data)
+
+    def replace(self, **changes: Any) -> SamplingConfig:
+        """A copy with the given fields changed; ``None`` values are ignored (keep the current one)."""
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+# --- processors: [B, V] -> [B, V] ------------------------------------------------------------
+
+
+def apply_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``logits / temperature`` (temperature > 0)."""
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    return logits if temperature == 1.0 else logits / temperature
+
+
+def mask_to_range(logits: torch.Tensor, allowed: slice | range | torch.Tensor) -> torch.Tensor:
+    """Set the logits of ids outside ``allowed`` (a contiguous slice/range or a ``[V]`` bool mask) to -inf."""
+    V = logits.shape[-1]
+    if isinstance(allowed, (slice, range)):
+        start, stop, step = (allowed.start or 0), (V if allowed.stop is None else allowed.stop), allowed.step
+        if step not in (None, 1) or not 0 <= start < stop <= V:
+            raise ValueError(f"allowed ids {allowed} must be a non-empty contiguous range inside [0, {V})")
+        keep = torch.zeros(V, dtype=torch.bool, device=logits.device)
+        keep[start:stop] = True  # [V]
+    else:
+        if allowed.dtype != torch.bool or allowed.shape != (V,) or not bool(allowed.any()):
+            raise ValueError(f"allowed mask must be a bool tensor of shape ({V},) with at least one True")
+        keep = allowed.to(logits.device)  # [V]
+    return logits.masked_fill(~keep, NEG_INF)
+
+
+def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
+    """Keep, per row, the logits >= the row's k-th largest (ties kept, as the original); k=0 keeps all."""
+    if k < 0:
+        raise ValueError(f"top_k must be >= 0, got {k}")
+    if k == 0 or k >= logits.shape[-1]:
+        return logits
+    kth = logits.topk(k, dim=-1).values[..., -1:]  # [B, 1]
+    return logits.masked_fill(logits < kth, NEG_INF)
+
+
+def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
+    """Nucleus filter per row: keep the most likely ids until their probability reaches ``p``.
+
+    The id that crosses ``p`` is kept (the original's shift-right), so at least one id survives.
+    ``p`` of 0 or 1 keeps all ids.
+    """
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"top_p must lie in [0, 1], got {p}")
+    if p in (0.0, 1.0):
+        return logits
+    sorted_logits, order = logits.sort(dim=-1, descending=True)  # [B, V] each
+    probs = sorted_logits.float().softmax(dim=-1)  # [B, V]
+    before = probs.cumsum(dim=-1) - probs  # [B, V] probability mass of the better ids
+    drop_sorted = before >= p  # [B, V]; the first column is always kept
+    drop = drop_sorted.scatter(-1, order, drop_sorted)  # [B, V] back in id order
+    return logits.masked_fill(drop, NEG_INF)
+
+
+def cfg_combine(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch.Tensor:
+    """Classifier-free guidance ``uncond + scale * (cond - uncond)``, written ``cond + (scale-1)(cond-uncond)``.
+
+    That form returns ``cond`` bit for bit at ``scale=1``. Ids that are -inf in either input (masked
+    out) stay -inf instead of becoming NaN.
+    """
+    if scale == 1.0:
+        return cond
+    out = cond + (scale - 1.0) * (cond - uncond)  # [B, V]
+    return out.masked_fill(torch.isneginf(cond) | torch.isneginf(uncond), NEG_INF)
+
+
+def process_logits(logits: torch.Tensor, config: SamplingConfig) -> torch.Tensor:
+    """Temperature, then top-k, then top-p (SPEC 3.1 order), in float32."""
+    logits = apply_temperature(logits.float(), config.temperature)
+    logits = top_k_filter(logits, config.top_k)
+    return top_p_filter(logits, config.top_p)
+
+
+# --- samplers: [B, V] -> [B] ------------------------------------------------------------------
+
+
+def sample(logits: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One id per row, drawn from ``softmax(logits)`` with ``torch.multinomial`` and ``generator``."""
+    probs = logits.float().softmax(dim=-1)  # [B, V]
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # [B]
+
+
+def sample_from_uniform(logits: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """One id per row by inverting the CDF of ``softmax(logits)`` at ``u`` (``[B]``, in [0, 1)).
+
+    Same distribution as :func:`sample`, but each row's draw depends only on its own uniform, so
+    a decoding loop can take per-image random streams drawn up front: the images then do not
+    depend on how they were batched. Ids with probability 0 (logit -inf) are never returned.
+    """
+    probs = logits.float().softmax(dim=-1)  # [B, V]
+    cdf = probs.cumsum(dim=-1)  # [B, V], non-decreasing
+    total = cdf[:, -1:]  # [B, 1]
+    # The first id whose cdf exceeds u * total has positive probability; keeping the target
+    # strictly below total guards against rounding at u close to 1.
+    target = torch.minimum(u.to(cdf)[:, None] * total, torch.nextafter(total, torch.zeros_like(total)))
+    return torch.searchsorted(cdf, target, right=True).squeeze(-1)  # [B]
+

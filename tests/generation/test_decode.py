@@ -1,0 +1,166 @@
+"""The decode loop: cached decoding equals uncached recomputation, guidance rows, per-row streams."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cogview.generation.decode import generate, prefill, sample_tokens
+from cogview.generation.sampling import SamplingConfig, cfg_combine
+from cogview.model import PRESETS, CogViewTransformer
+
+ALLOWED = range(0, 100)
+
+
+@pytest.fixture(scope="module")
+def model() -> CogViewTransformer:
+    torch.manual_seed(0)
+    return CogViewTransformer(PRESETS["tiny"]).eval()
+
+
+PROMPT = torch.tensor([300, 301, 302, 303, 304, 305])
+UNCOND = torch.tensor([300, 304, 305])
+
+
+def _tokens(model: CogViewTransformer, prompt: torch.Tensor, steps: int, **kwargs) -> torch.Tensor:
+    return torch.stack(list(generate(model, prompt, max_new_tokens=steps, **kwargs)), dim=1)  # [N, steps]
+
+
+@torch.no_grad()
+def _full_logits(model: CogViewTransformer, seq: torch.Tensor) -> torch.Tensor:
+    return model(seq[None], torch.arange(len(seq)))[0, -1, ALLOWED.start : ALLOWED.stop]  # [V']
+
+
+def test_kv_len_reads_a_prefix_of_the_cache_with_the_same_result(model: CogViewTransformer) -> None:
+    tokens = torch.randint(0, 512, (2, 12), generator=torch.Generator().manual_seed(0))
+    outs = []
+    for kv_len in (None, "exact"):
+        cache = model.new_cache(2, max_len=40)
+        steps = [model(tokens[:, :8], torch.arange(8), cache, kv_len=None if kv_len is None else 8)]
+        for t in range(8, 12):
+            n = None if kv_len is None else t + 1
+            steps.append(model(tokens[:, t : t + 1], torch.tensor([t]), cache, kv_len=n))
+        outs.append(torch.cat(steps, dim=1))
+    torch.testing.assert_close(outs[0], outs[1])
+    torch.testing.assert_close(outs[0], model(tokens, torch.arange(12)), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="kv_len"):
+        model(tokens, torch.arange(12), model.new_cache(2, max_len=40), kv_len=41)
+    with pytest.raises(ValueError, match="needs a cache"):
+        model(tokens, torch.arange(12), kv_len=12)
+
+
+def test_cached_greedy_decoding_equals_uncached_recomputation(model: CogViewTransformer) -> None:
+    out = _tokens(
+        model, PROMPT, 12, generator=torch.Generator(), config=SamplingConfig(top_k=1), allowed=ALLOWED
+    )
+    seq = PROMPT.clone()
+    for t in range(12):
+        nxt = _full_logits(model, seq).argmax() + ALLOWED.start
+        assert out[0, t] == nxt, f"step {t}"
+        seq = torch.cat([seq, nxt[None]])
+
+
+def test_guided_rows_use_their_own_prompt_positions(model: CogViewTransformer) -> None:
+    # Greedy guided decoding must equal argmax of uncond + s (cond - uncond) where both logits come
+    # from uncached forwards over each prompt followed by the generated tokens.
+    scale = 3.0
+    out = _tokens(
+        model,
+        PROMPT,
+        10,
+        generator=torch.Generator(),
+        config=SamplingConfig(top_k=1, guidance_scale=scale),
+        allowed=ALLOWED,
+        uncond_prompt=UNCOND,
+    )
+    generated = torch.tensor([], dtype=torch.long)
+    for t in range(10):
+        cond = _full_logits(model, torch.cat([PROMPT, generated]))
+        uncond = _full_logits(model, torch.cat([UNCOND, generated]))
+        nxt = cfg_combine(cond, uncond, scale).argmax() + ALLOWED.start
+        assert out[0, t] == nxt, f"step {t}"
+        generated = torch.cat([generated, nxt[None]])
+
+
+def test_guidance_scale_one_equals_the_unguided_path(model: CogViewTransformer) -> None:
+    uniforms = torch.rand(4, 20, generator=torch.Generator().manual_seed(3))
+    cfg = SamplingConfig(temperature=1.0, top_k=40)
+    plain = torch.stack(list(sample_tokens(model, prefill(model, [PROMPT], 20), uniforms, cfg, ALLOWED)), 1)
+    with_uncond_rows = torch.stack(
+        list(sample_tokens(model, prefill(model, [PROMPT, UNCOND], 20), uniforms, cfg, ALLOWED)), 1
+    )
+    assert torch.equal(plain, with_uncond_rows)
+    guided = torch.stack(
+        list(
+            sample_tokens(
+                model,
+                prefill(model, [PROMPT, UNCOND], 20),
+                uniforms,
+                cfg.replace(guidance_scale=4.0),
+                ALLOWED,
+            )
+        ),
+        1,
+    )
+    assert not torch.equal(plain, guided)
+
+
+def test_samples_stay_in_the_allowed_range(model: CogViewTransformer) -> None:
+    out = _tokens(
+        model, PROMPT, 30, generator=torch.Generator().manual_seed(0), allowed=range(40, 50), num_samples=5
+    )
+    assert ((out >= 40) & (out < 50)).all()
+    keep = torch.zeros(512, dtype=torch.bool)
+    keep[[3, 7, 11]] = True
+    out = _tokens(model, PROMPT, 30, generator=torch.Generator().manual_seed(0), allowed=keep, num_samples=5)
+    assert set(out.unique().tolist()) <= {3, 7, 11}
+
+
+def test_seeded_and_each_row_depends_only_on_its_own_generator(model: CogViewTransformer) -> None:
+    def gens(seeds: list[int]) -> list[torch.Generator]:
+        return [torch.Generator().manual_seed(s) for s in seeds]
+
+    kwargs = dict(config=SamplingConfig(temperature=1.2), allowed=ALLOWED, uncond_prompt=None)
+    batch = _tokens(model, PROMPT, 16, generator=gens([1, 2, 3]), num_samples=3, **kwargs)
+    assert torch.equal(batch, _tokens(model, PROMPT, 16, generator=gens([1, 2, 3]), num_samples=3, **kwargs))
+    alone = _tokens(model, PROMPT, 16, generator=gens([2]), num_samples=1, **kwargs)
+    assert torch.equal(batch[1:2], alone)
+    assert not torch.equal(batch[0], batch[1])
+
+
+def test_the_prompt_state_is_shared_not_consumed(model: CogViewTransformer) -> None:
+    state = prefill(model, [PROMPT], 8)
+    before = state.cache.k.clone()
+    u = torch.rand(2, 8, generator=torch.Generator().manual_seed(0))
+    a = torch.stack(list(sample_tokens(model, state, u, SamplingConfig(), ALLOWED)), 1)
+    b = torch.stack(list(sample_tokens(model, state, u, SamplingConfig(), ALLOWED)), 1)
+    assert torch.equal(a, b) and torch.equal(state.cache.k, before)
+
+
+def test_clear_errors(model: CogViewTransformer) -> None:
+    with pytest.raises(ValueError, match="max_seq_len"):
+        prefill(model, [torch.arange(100)], 29)
+    with pytest.raises(ValueError, match="uncond"):
+        next(
+            generate(
+                model,
+                PROMPT,
+                max_new_tokens=4,
+                generator=torch.Generator(),
+                config=SamplingConfig(guidance_scale=2),
+            )
+        )
+    with pytest.raises(ValueError, match="prefilled"):
+        next(
+            sample_tokens(
+                model,
+                prefill(model, [PROMPT], 4),
+                torch.rand(1, 4),
+                SamplingConfig(guidance_scale=2),
+                ALLOWED,
+            )
+        )
+    with pytest.raises(ValueError, match="one per sample"):
+        next(generate(model, PROMPT, max_new_tokens=4, generator=[torch.Generator()], num_samples=2))
+    with pytest.raises(ValueError, match="contiguous"):
+        next(generate(model, PROMPT, max_new_tokens=4, generator=torch.Generator(), allowed=range(0, 600)))
