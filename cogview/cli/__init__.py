@@ -10,9 +10,9 @@ import argparse
 import logging
 import sys
 
-from cogview.cli import data, tokenizer
+from cogview.cli import data, tokenizer, train
 
-COMMAND_MODULES = (tokenizer, data)
+COMMAND_MODULES = (tokenizer, data, train)
 
 
 def _configure_logging(verbose: bool) -> None:

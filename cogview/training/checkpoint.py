@@ -27,20 +27,27 @@ _STEP_DIR = re.compile(r"^step_(\d{8})$")
 
 
 def rng_state() -> dict[str, Any]:
-    """Every global RNG a training step may touch (python, numpy, torch CPU)."""
+    """Every global RNG a training step may touch (python, numpy, torch CPU, and CUDA once in use)."""
     np_state = np.random.get_state()
-    return {
+    state = {
         "python": random.getstate(),
         "numpy": (np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]),
         "torch": torch.get_rng_state(),
     }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore :func:`rng_state`; CUDA states are restored when saved and CUDA is available."""
     random.setstate(_to_tuple(state["python"]))
     kind, keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state((kind, keys.numpy(), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
+    cuda = state.get("cuda")
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
 
 
 def _to_tuple(x: Any) -> Any:
@@ -83,11 +90,25 @@ def save_checkpoint(
     if final.exists():  # re-saving the same step (e.g. after a resume): replace it
         shutil.rmtree(final)
     os.replace(tmp, final)
+    _fsync_dir(root)  # make the rename itself durable
     for old in checkpoint_dirs(out_dir)[:-keep_last] if keep_last > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     for stale in root.glob(".tmp_step_*"):  # leftovers of killed saves
         shutil.rmtree(stale, ignore_errors=True)
     return final
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # some platforms cannot open folders; the rename is still atomic
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def load_state(checkpoint: str | os.PathLike) -> dict[str, Any]:

@@ -26,11 +26,15 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Weight decay on matrices and conv kernels only; biases, norms and embeddings get none (SPEC.md 4.3)."""
+    """Weight decay on every weight matrix, conv kernel and embedding table; none on biases and norms.
+
+    SPEC 4.3: the original decays "all weights except biases and LayerNorm parameters", which
+    includes the word and position embeddings (the word table is also the tied output head). In
+    these models every bias and norm parameter is 1-D and every other parameter is not.
+    """
     decay, no_decay = [], []
-    embedding_params = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
     for p in model.parameters():
         if not p.requires_grad:
             continue
-        (decay if p.ndim >= 2 and id(p) not in embedding_params else no_decay).append(p)
+        (decay if p.ndim >= 2 else no_decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
