@@ -248,3 +248,94 @@ class TokenShards:
         if per_rank == 0:
             raise ValueError(f"{len(self)} rows cannot be split over {world_size} ranks; prepare more data")
         return np.arange(rank, per_rank * world_size, world_size, dtype=np.int64)
+
+
+class ShardMixture:
+    """Several shard folders read as one, each repeated a whole number of times (CogView's mixing).
+
+    The original weighted its sources by repeating them (text-to-image x4, image-to-text x2);
+    we do the same on a virtual concatenation, so the training loop's per-epoch permutation sees
+    ``sum(repeat_i * len_i)`` rows and resuming still needs only the step. All sources must share
+    vocabulary, sequence length, dtype and both tokenizers.
+    """
+
+    def __init__(self, sources: list[TokenShards], repeats: list[int]) -> None:
+        if not sources or len(sources) != len(repeats):
+            raise ValueError("give one repeat count per shard folder")
+        if any(not isinstance(r, int) or r < 1 for r in repeats):
+            raise ValueError(f"repeat counts must be positive integers, got {repeats}")
+        first = sources[0]
+        for other in sources[1:]:
+            for what in ("seq_len", "dtype", "vocab"):
+                if getattr(other, what) != getattr(first, what):
+                    raise ValueError(
+                        f"{other.path} and {first.path} differ in {what} ({getattr(other, what)} vs "
+                        f"{getattr(first, what)}); prepare all sources with the same tokenizers and text budget"
+                    )
+            for which in ("text_tokenizer", "image_tokenizer"):
+                if _fingerprint(other.manifest, which) != _fingerprint(first.manifest, which):
+                    raise ValueError(
+                        f"{other.path} and {first.path} were made with different {which.replace('_', ' ')}s; "
+                        "prepare all sources with the same tokenizers"
+                    )
+        self.sources, self.repeats = sources, list(repeats)
+        self.seq_len, self.dtype, self.vocab = first.seq_len, first.dtype, first.vocab
+        self.path = first.path
+        sizes = np.array([len(s) * r for s, r in zip(sources, repeats, strict=True)], dtype=np.int64)
+        self.offsets = np.concatenate([[0], np.cumsum(sizes)])
+        self.manifest = {
+            **first.manifest,
+            "total_rows": int(self.offsets[-1]),
+            "mixture": [
+                {"path": str(s.path), "repeat": r, "rows": len(s), "identity": s.manifest.get("settings")}
+                for s, r in zip(sources, repeats, strict=True)
+            ],
+        }
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def __repr__(self) -> str:
+        parts = ", ".join(f"{s.path.name}x{r}" for s, r in zip(self.sources, self.repeats, strict=True))
+        return f"ShardMixture({parts}, rows={len(self)}, seq_len={self.seq_len})"
+
+    def rows(self, indices: np.ndarray | list[int]) -> np.ndarray:
+        """Rows of the virtual concatenation (a repeated source maps back to its own rows)."""
+        indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+        if indices.size and (indices.min() < 0 or indices.max() >= len(self)):
+            raise IndexError(f"row indices must lie in [0, {len(self)})")
+        out = np.empty((len(indices), self.seq_len), dtype=np.int64)
+        which = np.searchsorted(self.offsets, indices, side="right") - 1
+        for s in np.unique(which):
+            where = np.nonzero(which == s)[0]
+            local = (indices[where] - self.offsets[s]) % len(self.sources[s])
+            out[where] = self.sources[s].rows(local)
+        return out
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        return self.rows(np.array([index]))[0]
+
+
+def open_data(spec: str | os.PathLike | list, **checks: Any) -> TokenShards | ShardMixture:
+    """One shard folder, or a list of folders / ``{"path": ..., "repeat": n}`` entries mixed by repeats.
+
+    ``checks`` (fingerprints, vocab) are applied to every folder as in :meth:`TokenShards.open`.
+    """
+    if isinstance(spec, str | os.PathLike):
+        return TokenShards.open(Path(spec).expanduser().resolve(), **checks)
+    if not isinstance(spec, list) or not spec:
+        raise ValueError(
+            "data must be a shard folder or a non-empty list of folders / {path, repeat} entries"
+        )
+    sources, repeats = [], []
+    for entry in spec:
+        if isinstance(entry, dict):
+            unknown = set(entry) - {"path", "repeat"}
+            if unknown or "path" not in entry:
+                raise ValueError(f"data entries are {{'path': ..., 'repeat': n}}, got {entry}")
+            path, repeat = entry["path"], entry.get("repeat", 1)
+        else:
+            path, repeat = entry, 1
+        sources.append(TokenShards.open(Path(path).expanduser().resolve(), **checks))
+        repeats.append(repeat)
+    return sources[0] if len(sources) == 1 and repeats[0] == 1 else ShardMixture(sources, repeats)

@@ -109,3 +109,22 @@ def test_writer_rejects_ids_beyond_the_dtype(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="shape"):
         writer.append(np.zeros((1, 3), dtype=np.int64))
     assert writer.write_shard(0) is None and not list(tmp_path.iterdir())
+
+
+def test_mixture_repeats_sources_and_checks_compatibility(tmp_path: Path) -> None:
+    from cogview.data.shards import ShardMixture, open_data
+
+    vocab = Vocabulary(image_size=16, text_size=20)
+    a_rows = _write(tmp_path / "a", vocab, [3])
+    b_rows = _write(tmp_path / "b", vocab, [1, 1])
+    mix = open_data([str(tmp_path / "a"), {"path": str(tmp_path / "b"), "repeat": 2}])
+    assert isinstance(mix, ShardMixture) and len(mix) == 3 + 2 * 2
+    got = mix.rows(np.arange(len(mix)))
+    assert np.array_equal(got[:3], a_rows)
+    assert np.array_equal(got[3:5], b_rows) and np.array_equal(got[5:7], b_rows)
+    assert isinstance(open_data(str(tmp_path / "a")), TokenShards)
+    _write(tmp_path / "c", vocab, [2], seq_len=5)
+    with pytest.raises(ValueError, match="differ in seq_len"):
+        open_data([str(tmp_path / "a"), str(tmp_path / "c")])
+    with pytest.raises(ValueError, match="repeat counts must be positive"):
+        open_data([{"path": str(tmp_path / "a"), "repeat": 0}, str(tmp_path / "b")])
