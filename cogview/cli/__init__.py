@@ -10,9 +10,9 @@ import argparse
 import logging
 import sys
 
-from cogview.cli import data, tokenizer, train
+from cogview.cli import data, generate, tokenizer, train
 
-COMMAND_MODULES = (tokenizer, data, train)
+COMMAND_MODULES = (tokenizer, data, train, generate)
 
 
 def _configure_logging(verbose: bool) -> None:

@@ -174,4 +174,3 @@ def sample_from_uniform(logits: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     # strictly below total guards against rounding at u close to 1.
     target = torch.minimum(u.to(cdf)[:, None] * total, torch.nextafter(total, torch.zeros_like(total)))
     return torch.searchsorted(cdf, target, right=True).squeeze(-1)  # [B]
-

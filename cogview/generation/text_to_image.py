@@ -1,0 +1,420 @@
+"""Text-to-image: prompt -> ``[ROI1] text [BASE] [BOI1]`` -> image codes -> pixels (SPEC 2.4, 3.1-3.3).
+
+:class:`TextToImage` is built once from loaded components (transformer, tokenizers, vocabulary)
+and takes every per-call setting as an argument. Beyond CogView it adds classifier-free guidance
+(the empty-text prompt ``[ROI1] [BASE] [BOI1]`` of caption dropout as the unconditional row), one
+random stream per image (same seed, same image, however the batch is chunked), chunking for any
+number of images (no ``N % M`` rule, SPEC 3.2) with halving on out-of-memory errors, and a choice
+of compute dtype. Images are decoded with clamping, not the original's min-max stretch (SPEC 3.3).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import logging
+import math
+import secrets
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+from PIL import Image
+
+from cogview.data import sequences
+from cogview.generation.decode import PromptState, prefill, sample_tokens
+from cogview.generation.sampling import SamplingConfig
+from cogview.model import CogViewTransformer
+from cogview.tokenizers.image import ImageTokenizer
+from cogview.tokenizers.text import TextTokenizer
+from cogview.tokenizers.vocab import Vocabulary
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# Compute dtype when none is given. CPU: float32 (see docs/generation.md: bfloat16 was not
+# faster overall on our CPUs without native bf16 instructions); GPU: bfloat16.
+DEFAULT_DTYPES = {"cpu": torch.float32, "cuda": torch.bfloat16}
+# Layout tokens around the text: [ROI1] before it, [BASE] [BOI1] after it.
+PROMPT_OVERHEAD = 3
+DEFAULT_MAX_BATCH_SIZE = 16
+
+# Shipped sampling defaults when a model folder names none (see docs/generation.md).
+DEFAULT_SAMPLING: dict[str, SamplingConfig] = {
+    "default": SamplingConfig(temperature=1.0, top_k=0, top_p=0.0, guidance_scale=3.0),
+}
+
+
+def prompt_kind(prompt: str) -> str:
+    """``"zh"`` for a prompt holding CJK characters, else ``"en"``: the kinds sampling defaults are keyed by."""
+    for ch in prompt:
+        o = ord(ch)
+        if 0x3400 <= o <= 0x9FFF or 0xF900 <= o <= 0xFAFF or 0x20000 <= o <= 0x2FA1F:
+            return "zh"
+    return "en"
+
+
+def image_seed(seed: int, index: int) -> int:
+    """Seed of image ``index`` of a call with ``seed``: a 63-bit hash, so streams never overlap by offset."""
+    digest = hashlib.sha256(f"cogview-image:{int(seed)}:{int(index)}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def image_uniforms(seeds: Sequence[int], steps: int) -> torch.Tensor:
+    """``[N, steps]`` uniforms, row n from a CPU generator seeded with ``seeds[n]`` (device independent)."""
+    return torch.stack(
+        [torch.rand(steps, generator=torch.Generator().manual_seed(s)) for s in seeds]
+    )  # [N, steps]
+
+
+def resolve_dtype(dtype: torch.dtype | str | None, device: torch.device) -> torch.dtype:
+    """The compute dtype for ``device``: the given one (checked) or the device's default."""
+    if dtype is None:
+        return DEFAULT_DTYPES.get(device.type, torch.float32)
+    if isinstance(dtype, str):
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype {dtype!r} is not one of {sorted(DTYPES)}")
+        dtype = DTYPES[dtype]
+    if dtype not in DTYPES.values():
+        raise ValueError(f"dtype {dtype} is not one of {sorted(DTYPES)}")
+    if dtype == torch.float16 and device.type == "cpu":
+        raise ValueError(
+            "float16 is not supported for generation on CPU (no fast kernels, and activations can "
+            "overflow); use bfloat16 or float32 there, float16 on a GPU"
+        )
+    return dtype
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` reports an exhausted device or host allocator."""
+    if isinstance(error, torch.OutOfMemoryError):
+        return True
+    message = str(error)
+    return isinstance(error, RuntimeError) and (
+        "out of memory" in message or "can't allocate memory" in message
+    )
+
+
+def run_chunked(n: int, max_batch_size: int, run: Callable[[int, int], T]) -> list[T]:
+    """``run(start, size)`` over ``[0, n)`` in chunks of at most ``max_batch_size``.
+
+    On an out-of-memory error the chunk size is halved and the chunk retried (down to 1, then the
+    error is raised); later chunks keep the smaller size. Returns the results in order.
+    """
+    if max_batch_size < 1:
+        raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
+    results: list[T] = []
+    start, size = 0, max_batch_size
+    while start < n:
+        size = min(size, n - start)
+        try:
+            results.append(run(start, size))
+        except (torch.OutOfMemoryError, RuntimeError) as e:
+            if not is_out_of_memory(e) or size == 1:
+                raise
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            logger.warning("out of memory at batch size %d; retrying with %d", size, size // 2)
+            size //= 2
+            continue
+        start += size
+    return results
+
+
+@dataclass(frozen=True)
+class PromptResult:
+    """Everything one prompt produced, with what is needed to reproduce it."""
+
+    prompt: str
+    kind: str
+    settings: SamplingConfig
+    seed: int
+    image_seeds: list[int]
+    prompt_tokens: list[int]
+    truncated: bool
+    codes: torch.Tensor  # [N, h, w] VQ codes
+    images: list[Image.Image]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able record (everything but the codes and images)."""
+        return {
+            "prompt": self.prompt,
+            "kind": self.kind,
+            "settings": self.settings.to_dict(),
+            "seed": self.seed,
+            "image_seeds": self.image_seeds,
+            "num_images": len(self.images),
+            "prompt_tokens": self.prompt_tokens,
+            "truncated": self.truncated,
+        }
+
+
+class TextToImage:
+    """Generate images for text prompts with a CogView transformer and its two tokenizers.
+
+    Args:
+        transformer: the model (its weights' dtype and device are the defaults for generation).
+        text_tokenizer, image_tokenizer: the tokenizers it was trained with.
+        vocab: the unified vocabulary of the three.
+        text_budget: the most text tokens of a prompt; longer prompts are cut with a warning.
+            None: what fits ``max_seq_len`` with the image.
+        sampling: default :class:`SamplingConfig` per prompt kind (:func:`prompt_kind`), with a
+            ``"default"`` entry for the other kinds.
+    """
+
+    def __init__(
+        self,
+        transformer: CogViewTransformer,
+        text_tokenizer: TextTokenizer,
+        image_tokenizer: ImageTokenizer,
+        vocab: Vocabulary,
+        *,
+        text_budget: int | None = None,
+        sampling: Mapping[str, SamplingConfig] | None = None,
+    ) -> None:
+        if vocab.size != transformer.config.vocab_size:
+            raise ValueError(
+                f"vocabulary size {vocab.size} differs from the transformer's vocab_size "
+                f"{transformer.config.vocab_size}: they were not trained together"
+            )
+        if vocab.image_size != image_tokenizer.codebook_size:
+            raise ValueError(
+                f"vocabulary has {vocab.image_size} image codes but the image tokenizer has "
+                f"{image_tokenizer.codebook_size}: pass the image tokenizer the model was trained with"
+            )
+        if vocab.text_size != text_tokenizer.vocab_size:
+            raise ValueError(
+                f"vocabulary has {vocab.text_size} text pieces but the text tokenizer has "
+                f"{text_tokenizer.vocab_size}: pass the text tokenizer the model was trained with"
+            )
+        self.transformer = transformer.eval()
+        self.text_tokenizer = text_tokenizer
+        self.image_tokenizer = image_tokenizer
+        self.vocab = vocab
+        n_codes = image_tokenizer.grid_size**2
+        room = transformer.config.max_seq_len - PROMPT_OVERHEAD - n_codes
+        if room < 0:
+            raise ValueError(
+                f"the transformer's max_seq_len={transformer.config.max_seq_len} cannot hold "
+                f"{PROMPT_OVERHEAD} layout tokens and {n_codes} image codes"
+            )
+        if text_budget is not None and not 0 <= text_budget <= room:
+            raise ValueError(f"text_budget={text_budget} must lie in [0, {room}] for this model")
+        self.text_budget = room if text_budget is None else text_budget
+        self.sampling = dict(DEFAULT_SAMPLING if sampling is None else sampling)
+        if "default" not in self.sampling:
+            raise ValueError(f"sampling defaults need a 'default' entry, got kinds {sorted(self.sampling)}")
+        self._models: dict[torch.dtype, CogViewTransformer] = {}
+
+    @property
+    def num_tokens(self) -> int:
+        """Image codes per image (the number of decode steps)."""
+        return self.image_tokenizer.grid_size**2
+
+    @property
+    def device(self) -> torch.device:
+        return self.transformer.tok_embeddings.weight.device
+
+    # --- prompts ---------------------------------------------------------------------------------
+
+    def prompt_tokens(self, prompt: str) -> tuple[torch.Tensor, bool]:
+        """``[ROI1] text [BASE] [BOI1]`` (a prefix of the training layout) and whether the text was cut."""
+        if not isinstance(prompt, str):
+            raise ValueError(f"a prompt must be a str, got {type(prompt).__name__}")
+        if not prompt.strip():
+            raise ValueError("empty prompt: give some text to draw (e.g. 'a red circle')")
+        n = len(self.text_tokenizer.encode(prompt))
+        truncated = n > self.text_budget
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # replaced by the warning below, which names the budget
+            text = self.text_tokenizer.encode_unified(prompt, self.vocab, max_length=self.text_budget)
+        if truncated:
+            warnings.warn(
+                f"prompt {prompt[:40]!r}... has {n} text tokens, more than the model's text budget of "
+                f"{self.text_budget}; keeping the first {len(text)}",
+                UserWarning,
+                stacklevel=3,
+            )
+        return self._layout_prefix(text), truncated
+
+    def uncond_tokens(self) -> torch.Tensor:
+        """The empty-text prompt ``[ROI1] [BASE] [BOI1]`` (caption dropout's rows in training)."""
+        return self._layout_prefix([])
+
+    def _layout_prefix(self, text: list[int]) -> torch.Tensor:
+        g = self.image_tokenizer.grid_size
+        full = sequences.text_to_image(
+            np.asarray(text, dtype=np.int64), np.zeros((g, g), np.int64), self.vocab
+        )
+        return torch.from_numpy(full.tokens[: len(text) + PROMPT_OVERHEAD].copy())  # [T]
+
+    def settings_for(self, prompt: str, **overrides: Any) -> SamplingConfig:
+        """The defaults of the prompt's kind, with the non-None ``overrides`` applied."""
+        base = self.sampling.get(prompt_kind(prompt), self.sampling["default"])
+        return base.replace(**overrides)
+
+    # --- generation ------------------------------------------------------------------------------
+
+    def resolved_dtype(self, dtype: torch.dtype | str | None = None) -> torch.dtype:
+        """The compute dtype a call with ``dtype`` uses (None: the weights' dtype if not float32,
+        else the device's default)."""
+        weights_dtype = self.transformer.tok_embeddings.weight.dtype
+        if dtype is None and weights_dtype != torch.float32:
+            dtype = weights_dtype  # loaded in a lower precision on purpose: compute in it
+        return resolve_dtype(dtype, self.device)
+
+    def model_in(self, dtype: torch.dtype) -> CogViewTransformer:
+        """The transformer in ``dtype`` (a copy, made once, when it differs from the loaded weights)."""
+        if self.transformer.tok_embeddings.weight.dtype == dtype:
+            return self.transformer
+        if dtype not in self._models:
+            logger.info("casting a copy of the transformer to %s", dtype)
+            self._models[dtype] = copy.deepcopy(self.transformer).to(dtype).eval()
+        return self._models[dtype]
+
+    def run(
+        self,
+        prompts: str | Sequence[str],
+        num_images: int = 1,
+        *,
+        seed: int | None = None,
+        generator: torch.Generator | None = None,
+        temperature: float | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        guidance_scale: float | None = None,
+        max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+        dtype: torch.dtype | str | None = None,
+        progress: bool = False,
+    ) -> list[PromptResult]:
+        """Generate ``num_images`` per prompt; settings left None take the prompt kind's defaults.
+
+        Randomness: image i of a prompt samples from its own stream, seeded by
+        :func:`image_seed` ``(seed, i)``, so the same prompt, seed and settings give the same images
+        whatever the other prompts and (up to float rounding) ``max_batch_size``. ``seed=None``
+        takes one from ``generator`` if given, else a fresh random one; it is in the results.
+        """
+        prompt_list = [prompts] if isinstance(prompts, str) else list(prompts)
+        if not prompt_list:
+            raise ValueError("no prompts given")
+        if isinstance(num_images, bool) or not isinstance(num_images, int) or num_images < 1:
+            raise ValueError(f"num_images must be a positive integer, got {num_images!r}")
+        if isinstance(max_batch_size, bool) or not isinstance(max_batch_size, int) or max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be a positive integer, got {max_batch_size!r}")
+        if seed is None:
+            if generator is not None:
+                seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+            else:
+                seed = secrets.randbits(62)
+                logger.info("no seed given; using seed %d", seed)
+        compute_dtype = self.resolved_dtype(dtype)
+        overrides = dict(temperature=temperature, top_k=top_k, top_p=top_p, guidance_scale=guidance_scale)
+        encoded = [(p, *self.prompt_tokens(p), self.settings_for(p, **overrides)) for p in prompt_list]
+        model = self.model_in(compute_dtype)
+        results = []
+        bar = _progress_bar(progress, len(prompt_list) * num_images * self.num_tokens)
+        try:
+            for prompt, tokens, truncated, settings in encoded:
+                seeds = [image_seed(seed, i) for i in range(num_images)]
+                codes = self._codes(model, tokens, settings, seeds, max_batch_size, bar)  # [N, h, w]
+                images = self._images(codes, max_batch_size)
+                results.append(
+                    PromptResult(
+                        prompt=prompt,
+                        kind=prompt_kind(prompt),
+                        settings=settings,
+                        seed=seed,
+                        image_seeds=seeds,
+                        prompt_tokens=tokens.tolist(),
+                        truncated=truncated,
+                        codes=codes,
+                        images=images,
+                    )
+                )
+        finally:
+            if bar is not None:
+                bar.close()
+        return results
+
+    def __call__(self, prompts: str | Sequence[str], num_images: int = 1, **kwargs: Any) -> list[Image.Image]:
+        """Images of all prompts, ``num_images`` each, in prompt order (see :meth:`run`)."""
+        return [im for r in self.run(prompts, num_images, **kwargs) for im in r.images]
+
+    def _codes(
+        self,
+        model: CogViewTransformer,
+        tokens: torch.Tensor,
+        settings: SamplingConfig,
+        seeds: list[int],
+        max_batch_size: int,
+        bar: Any,
+    ) -> torch.Tensor:
+        """``[N, h, w]`` codes: one prefill shared by every chunk, then chunked decoding."""
+        steps = self.num_tokens
+        prompts = [tokens, self.uncond_tokens()] if settings.guided else [tokens]
+        state = prefill(model, prompts, steps, pad_id=self.vocab.token_id("[PAD]"))
+        uniforms = image_uniforms(seeds, steps)  # [N, steps]
+
+        def run(start: int, size: int) -> torch.Tensor:
+            return self._decode_chunk(model, state, uniforms[start : start + size], settings, bar)
+
+        g = self.image_tokenizer.grid_size
+        codes = torch.cat(run_chunked(len(seeds), max_batch_size, run))  # [N, steps]
+        return codes.view(-1, g, g).cpu()  # [N, h, w]
+
+    def _images(self, codes: torch.Tensor, max_batch_size: int) -> list[Image.Image]:
+        def decode(start: int, size: int) -> list[Image.Image]:
+            return self.image_tokenizer.decode(codes[start : start + size])
+
+        return [im for chunk in run_chunked(len(codes), max_batch_size, decode) for im in chunk]
+
+    def _decode_chunk(
+        self,
+        model: CogViewTransformer,
+        state: PromptState,
+        uniforms: torch.Tensor,
+        settings: SamplingConfig,
+        bar: Any,
+    ) -> torch.Tensor:
+        out = torch.empty(uniforms.shape, dtype=torch.long, device=state.last_logits.device)  # [n, steps]
+        done = 0
+        try:
+            for i, ids in enumerate(sample_tokens(model, state, uniforms, settings, self.vocab.image_range)):
+                out[:, i] = ids  # image codes are ids [0, image_size): no offset to remove
+                done += 1
+                if bar is not None:
+                    bar.update(len(ids))
+        finally:
+            if bar is not None and done < uniforms.shape[1]:  # a retried chunk: rewind the bar
+                bar.update(-done * uniforms.shape[0])
+        return out
+
+
+def _progress_bar(enabled: bool, total: int) -> Any:
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="tok", desc="generating", leave=False, dynamic_ncols=True)
+
+
+def sampling_from_dict(data: Mapping[str, Any]) -> dict[str, SamplingConfig]:
+    """``{"default": {...}, "zh": {...}}`` -> configs; each kind's entry overrides ``default``'s fields."""
+    if "default" not in data:
+        raise ValueError(f"sampling settings need a 'default' entry, got {sorted(data)}")
+    base = SamplingConfig.from_dict(data["default"])
+    return {kind: SamplingConfig.from_dict({**base.to_dict(), **v}) for kind, v in data.items()}
+
+
+def sampling_to_dict(sampling: Mapping[str, SamplingConfig]) -> dict[str, dict[str, Any]]:
+    return {kind: config.to_dict() for kind, config in sampling.items()}
+
+
+def grid_columns(n: int) -> int:
+    """Columns of a near-square grid of ``n`` images."""
+    return max(1, math.ceil(math.sqrt(n)))
