@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from cogview.model.config import PRESETS, TransformerConfig
@@ -38,7 +37,9 @@ class TrainConfig:
     the shards' vocabulary unless given. It is stored normalised as a dict.
     """
 
-    data: str = ""  # token-shard folder (``cogview prepare --out``); relative to the working dir
+    # A token-shard folder (``cogview prepare --out``; relative paths from the working dir), or a
+    # list of folders / {"path": ..., "repeat": n} entries mixed by repeat counts.
+    data: Any = ""
     model: Any = field(default_factory=lambda: {"preset": "small"})
     steps: int = 10_000  # optimizer steps; the lr schedule ends here
     batch_size: int = 16  # sequences per micro-batch
@@ -66,8 +67,11 @@ class TrainConfig:
             _check_type(f.name, getattr(self, f.name), f.type)
         object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
         object.__setattr__(self, "model", normalize_model(self.model))
-        if not self.data:
-            raise ConfigError("data must name a token-shard folder (made by `cogview prepare --out DIR`)")
+        if not self.data or not isinstance(self.data, str | list):
+            raise ConfigError(
+                "data must name a token-shard folder (made by `cogview prepare --out DIR`) or a list of "
+                f"folders / {{'path': ..., 'repeat': n}} entries, got {self.data!r}"
+            )
         for name in ("steps", "batch_size", "grad_accum", "log_every", "checkpoint_every", "max_bad_steps"):
             _require(name, getattr(self, name) > 0, "a positive integer", getattr(self, name))
         for name in ("warmup", "keep_last", "seed", "threads"):
@@ -219,11 +223,6 @@ def _check_type(name: str, value: Any, annotation: Any) -> None:
         raise ConfigError(f"{name} must be {what}, got {value!r} ({type(value).__name__})")
 
 
-def resolve_data_path(data: str) -> Path:
-    """The shard folder as an absolute path (relative paths are taken from the working directory)."""
-    return Path(data).expanduser().resolve()
-
-
 __all__ = [
     "DEVICES",
     "PRECISIONS",
@@ -231,5 +230,4 @@ __all__ = [
     "TrainConfig",
     "apply_overrides",
     "normalize_model",
-    "resolve_data_path",
 ]

@@ -28,7 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from cogview.data.sequences import drop_caption, positions_and_mask, text_token_mask
-from cogview.data.shards import TokenShards
+from cogview.data.shards import ShardMixture, TokenShards, open_data
 from cogview.model import CogViewTransformer
 from cogview.serialization import write_json
 from cogview.training.checkpoint import (
@@ -38,7 +38,7 @@ from cogview.training.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from cogview.training.config import TrainConfig, resolve_data_path
+from cogview.training.config import TrainConfig
 from cogview.training.objective import loss_weights, next_token_loss
 from cogview.training.optim import lr_at, param_groups, set_lr
 
@@ -105,7 +105,7 @@ class BatchSource:
     accumulation does not change which sequences lose their caption.
     """
 
-    def __init__(self, shards: TokenShards, cfg: TrainConfig) -> None:
+    def __init__(self, shards: TokenShards | ShardMixture, cfg: TrainConfig) -> None:
         self.shards = shards
         self.vocab = shards.vocab
         self.seed, self.batch_size, self.grad_accum = cfg.seed, cfg.batch_size, cfg.grad_accum
@@ -390,7 +390,7 @@ def _train(
     if max_steps is not None and max_steps <= 0:
         raise ValueError(f"max_steps must be positive, got {max_steps}")
     device = resolve_device(cfg.device)
-    shards = TokenShards.open(resolve_data_path(cfg.data))
+    shards = open_data(cfg.data)
     model_cfg = cfg.transformer_config(shards.vocab.size, shards.seq_len)
     identity = data_identity(shards.manifest)
 
