@@ -247,8 +247,15 @@ def resolve_device(name: str) -> torch.device:
 
 
 def data_identity(manifest: dict[str, Any]) -> dict[str, Any]:
-    """The manifest entries a checkpoint must agree with to resume on these shards."""
-    return {k: manifest.get(k) for k in _DATA_IDENTITY}
+    """The manifest entries a checkpoint must agree with to resume on these shards.
+
+    Folder paths are left out (shards may move between a run and its resume); a mixture of
+    folders is identified by each source's rows, repeat count and prepare settings, in order.
+    """
+    identity = {k: manifest.get(k) for k in _DATA_IDENTITY}
+    if "mixture" in manifest:
+        identity["mixture"] = [{k: v for k, v in m.items() if k != "path"} for m in manifest["mixture"]]
+    return identity
 
 
 def model_info(manifest: dict[str, Any], step: int) -> dict[str, Any]:

@@ -397,3 +397,13 @@ def test_cli_help() -> None:
     with pytest.raises(SystemExit) as e:
         main(["train", "--help"])
     assert e.value.code == 0
+
+
+def test_a_mixture_of_folders_trains_and_resume_pins_the_repeats(shards: Path, tmp_path: Path) -> None:
+    mixture = [{"path": str(shards), "repeat": 2}, str(shards)]
+    cfg = config(shards, steps=6, data=mixture)
+    train(cfg, tmp_path, max_steps=3, progress=False)
+    other = config(shards, steps=6, data=[{"path": str(shards), "repeat": 3}, str(shards)])
+    with pytest.raises(ValueError, match="not the ones"):
+        train(other, tmp_path, resume=True, progress=False)
+    assert train(cfg, tmp_path, resume=True, progress=False)["finished"]
