@@ -158,7 +158,7 @@ def main() -> None:
     parser.add_argument("--threads", default="1,2", help="comma-separated thread counts")
     parser.add_argument("--batch-size", type=int, default=8, help="sequences per step (MFU is flat above ~8)")
     parser.add_argument(
-        "--dropout-off", action="store_true", help="also measure each config with model.dropout=0"
+        "--also-dropout", type=float, help="also measure each config with this model.dropout (e.g. 0.1)"
     )
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--round-seconds", type=float, default=6.0)

@@ -18,7 +18,7 @@ COLORS = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 10
 
 
 def nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
-    """About ``n`` round numbers (1, 2 or 5 times a power of ten apart) covering ``[lo, hi]``."""
+    """About ``n`` round numbers (1, 2 or 5 times a power of ten apart) from just below ``lo`` to just above ``hi``."""
     if not (math.isfinite(lo) and math.isfinite(hi)):
         raise ValueError(f"tick range must be finite, got [{lo}, {hi}]")
     if hi <= lo:
@@ -26,13 +26,8 @@ def nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
     raw = (hi - lo) / max(n, 1)
     power = 10 ** math.floor(math.log10(raw))
     step = next(m * power for m in (1, 2, 5, 10) if m * power >= raw)
-    first = math.floor(lo / step) * step
-    ticks, t = [], first
-    while t <= hi + step * 1e-9:
-        if t >= lo - step * 1e-9:
-            ticks.append(round(t, 12))
-        t += step
-    return ticks
+    first, last = math.floor(lo / step + 1e-9), math.ceil(hi / step - 1e-9)
+    return [round(i * step, 12) for i in range(first, last + 1)]
 
 
 def _label(x: float) -> str:

@@ -477,6 +477,7 @@ def _train(
             "bad_in_a_row": bad_in_a_row,
             "metrics": metrics.sums,
             "sequences_seen": step * cfg.sequences_per_step,  # the data position (batches are f(step))
+            "lr": lr_at(step, cfg.lr, cfg.warmup, cfg.steps, cfg.min_lr_ratio),  # the schedule is f(step)
         }
         info = model_info(shards.manifest, step)
         save_checkpoint(out, step, lambda d: save_model_folder(model, d, info), train_state, cfg.keep_last)

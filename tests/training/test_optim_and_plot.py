@@ -39,7 +39,8 @@ def test_loss_plot_is_a_png_with_gaps_for_skipped_steps(tmp_path: Path) -> None:
     plot_loss_curves(rows, tmp_path / "loss.png")
     image = Image.open(tmp_path / "loss.png")
     assert image.size == (800, 480) and len(image.getcolors(10_000)) > 3
-    assert nice_ticks(0.13, 0.97) == [0.2, 0.4, 0.6, 0.8]
-    assert nice_ticks(10, 100)[0] == 20 and nice_ticks(10, 100)[-1] == 100
+    assert nice_ticks(0.13, 0.97) == [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
+    assert nice_ticks(10, 100) == [0, 20, 40, 60, 80, 100]
+    assert nice_ticks(2.03, 6.99) == [2, 3, 4, 5, 6, 7]
     with pytest.raises(ValueError, match="nothing to plot"):
         plot_loss_curves([{"step": 1, "loss": None}], tmp_path / "x.png")
