@@ -419,10 +419,13 @@ def _train(
                 f"{ckpt} was written with a different config ({', '.join(diff)} differ); "
                 "resume with the config of the run (see train_config.json)"
             )
-        if state.get("data") != identity:
+        stored = state.get("data") or {}
+        # Keys a checkpoint does not record (written by an older cogview) are not compared.
+        differ = [k for k in identity if k in stored and stored[k] != identity[k]]
+        if differ:
             raise ValueError(
-                f"the shards in {cfg.data} are not the ones {ckpt} was trained on (vocabulary, tokenizers, "
-                "sequence length or row count differ); resume with the original shards"
+                f"the shards in {cfg.data} are not the ones {ckpt} was trained on ({', '.join(differ)} "
+                "differ); resume with the original shards"
             )
         model = CogViewTransformer.from_pretrained(ckpt)
     model.to(device).train()
