@@ -1,12 +1,13 @@
 """cogview: CogView text-to-image, captioning, reranking and super-resolution in modern PyTorch.
 
-Public API: :class:`ImageTokenizer` (VQ-VAE), :class:`TextTokenizer` (SentencePiece),
+Public API: :class:`CogViewPipeline` (text-to-image), :class:`ImageTokenizer` (VQ-VAE), :class:`TextTokenizer` (SentencePiece),
 :class:`Vocabulary`, :class:`CogViewTransformer` / :class:`TransformerConfig`, and the bundled
 data sets in :mod:`cogview.datasets`. Importing has no side effects.
 """
 
 from cogview import datasets
 from cogview.model import PRESETS, CogViewTransformer, TransformerConfig
+from cogview.pipeline import CogViewPipeline
 from cogview.tokenizers.image import ImageTokenizer
 from cogview.tokenizers.text import TextTokenizer
 from cogview.tokenizers.vocab import Vocabulary
@@ -15,6 +16,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "PRESETS",
+    "CogViewPipeline",
     "CogViewTransformer",
     "ImageTokenizer",
     "TextTokenizer",
