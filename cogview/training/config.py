@@ -61,6 +61,9 @@ class TrainConfig:
     seed: int = 0  # initialisation, batch order, caption dropout and dropout
     max_bad_steps: int = 20  # stop after this many consecutive skipped (NaN/inf) steps
     threads: int = 0  # torch intra-op threads during training; 0 = leave torch's setting
+    # A model folder (e.g. a previous run's ``OUT/model``) whose weights start this run instead of
+    # a fresh initialisation: fine-tuning, or more steps on a new schedule. Same architecture.
+    init_from: str = ""
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):

@@ -409,7 +409,14 @@ def _train(
 
     torch.manual_seed(cfg.seed)
     state: dict[str, Any] = {}
-    if ckpt is None:
+    if ckpt is None and cfg.init_from:
+        model = CogViewTransformer.from_pretrained(Path(cfg.init_from).expanduser())
+        if model.config != model_cfg:
+            raise ValueError(
+                f"init_from {cfg.init_from} holds a model with config {model.config.to_dict()}, but this run "
+                f"builds {model_cfg.to_dict()}; set model to the same architecture"
+            )
+    elif ckpt is None:
         model = CogViewTransformer(model_cfg)
     else:
         state = load_state(ckpt)

@@ -1,0 +1,75 @@
+"""``init_from``: a run may start from another run's model folder (fine-tuning, longer schedules)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from cogview.data.prepare import prepare
+from cogview.model import CogViewTransformer
+from cogview.tokenizers.image import ImageTokenizer
+from cogview.tokenizers.text import TextTokenizer
+from cogview.tokenizers.vqvae import VQVAE, VQVAE_PRESETS
+from cogview.training.config import TrainConfig
+from cogview.training.loop import train
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("shards") / "shapes"
+    image = ImageTokenizer(VQVAE(VQVAE_PRESETS["tiny"]))
+    prepare(
+        "shapes",
+        out,
+        image_tokenizer=image,
+        text_tokenizer=TextTokenizer.from_pretrained(),
+        max_examples=16,
+        text_budget=8,
+        progress=False,
+    )
+    return out
+
+
+def config(shards: Path, **kw) -> TrainConfig:
+    base = dict(
+        data=str(shards),
+        model={"preset": "tiny", "max_seq_len": 80},
+        steps=3,
+        batch_size=4,
+        warmup=1,
+        log_every=1,
+        checkpoint_every=10,
+        device="cpu",
+        threads=1,
+    )
+    return TrainConfig(**{**base, **kw})
+
+
+def test_a_run_starts_from_the_weights_of_init_from(shards: Path, tmp_path: Path) -> None:
+    train(config(shards), tmp_path / "first", progress=False)
+    first = CogViewTransformer.from_pretrained(tmp_path / "first" / "model")
+    seen = {}
+    train(
+        config(shards, init_from=str(tmp_path / "first" / "model"), seed=5),
+        tmp_path / "second",
+        progress=False,
+        on_model=lambda m: seen.update({k: v.clone() for k, v in m.state_dict().items()}),
+    )
+    assert all(torch.equal(seen[k], v) for k, v in first.state_dict().items())
+
+
+def test_init_from_with_another_architecture_is_refused(shards: Path, tmp_path: Path) -> None:
+    train(config(shards), tmp_path / "first", progress=False)
+    with pytest.raises(ValueError, match="set model to the same architecture"):
+        train(
+            config(
+                shards,
+                model={"preset": "tiny", "max_seq_len": 96},
+                init_from=str(tmp_path / "first" / "model"),
+            ),
+            tmp_path / "x",
+            progress=False,
+        )
