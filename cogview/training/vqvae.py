@@ -224,7 +224,7 @@ def train_tokenizer(
             row = {
                 "step": step + 1,
                 "loss": float(result["loss"].detach()),
-                "mse": float(result["mse"]),
+                "mse": float(result["mse"].detach()),
                 "psnr": float(psnr(result["pixels"], pixels).mean()),
                 "usage": model.quantize_t.usage(),
                 "perplexity": float((-(p * p.log()).sum()).exp()),
