@@ -12,6 +12,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from cogview.config_io import from_dict_strict
+
 LN_INPUT_SCALINGS = ("none", "max", "original")
 
 
@@ -110,14 +112,12 @@ class TransformerConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TransformerConfig:
         """Build from a dict; unknown keys are refused (missing keys take their defaults)."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(
-                f"unknown TransformerConfig field(s) {unknown}; valid fields are {sorted(known)} "
-                "(was this config written by another model class or a newer version?)"
-            )
-        return cls(**data)
+        return from_dict_strict(
+            cls,
+            data,
+            noun="field(s)",
+            hint=" (was this config written by another model class or a newer version?)",
+        )
 
 
 PRESETS: dict[str, TransformerConfig] = {

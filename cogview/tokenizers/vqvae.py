@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cogview.config_io import from_dict_strict
+
 ORIGINAL_MEAN = (0.79093, 0.76271, 0.75340)
 ORIGINAL_STD = (0.30379, 0.32279, 0.32800)
 
@@ -72,11 +74,7 @@ class VQVAEConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> VQVAEConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown VQVAEConfig keys {unknown}; valid keys are {sorted(known)}")
-        return cls(**d)
+        return from_dict_strict(cls, d)
 
 
 def original_config() -> VQVAEConfig:

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from cogview.config_io import from_dict_strict
 from cogview.images import make_grid, psnr, to_pil
 from cogview.tokenizers.image import ImageTokenizer
 from cogview.tokenizers.vqvae import VQVAE, VQVAE_PRESETS, VQVAEConfig
@@ -74,10 +75,6 @@ class TokenizerTrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TokenizerTrainConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown tokenizer training keys {unknown}; valid keys are {sorted(known)}")
         d = dict(d)
         if isinstance(d.get("model"), str):
             if d["model"] not in VQVAE_PRESETS:
@@ -85,7 +82,7 @@ class TokenizerTrainConfig:
                     f"unknown VQ-VAE preset {d['model']!r}; choose one of {sorted(VQVAE_PRESETS)}"
                 )
             d["model"] = VQVAE_PRESETS[d["model"]].to_dict()
-        return cls(**d)
+        return from_dict_strict(cls, d, "tokenizer training")
 
 
 def load_images(
