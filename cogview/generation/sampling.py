@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from cogview.config_io import from_dict_strict
+
 NEG_INF = float("-inf")
 
 
@@ -67,11 +69,7 @@ class SamplingConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SamplingConfig:
         """Build from a (possibly partial) dict; unknown keys are refused."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown sampling setting(s) {unknown}; valid ones are {sorted(known)}")
-        return cls(**data)
+        return from_dict_strict(cls, data, "sampling", noun="setting(s)")
 
     def replace(self, **changes: Any) -> SamplingConfig:
         """A copy with the given fields changed; ``None`` values are ignored (keep the current one)."""
