@@ -307,6 +307,6 @@ def _check_training_info(info: Mapping[str, Any], text: TextTokenizer, image: Im
             expected = expected.get("fingerprint")
         if expected is not None and expected != found:
             raise CheckpointError(
-                f"the transformer was trained with a {what} of fingerprint {expected}, but the given "
+                f"the transformer was trained with the {what} of fingerprint {expected}, but the given "
                 f"one has {found}: pass the {what} the training data was prepared with"
             )

@@ -226,8 +226,8 @@ def test_from_components_reads_a_training_model_folder(parts, tmp_path: Path) ->
     info = {
         "format": "cogview-transformer",
         "vocab": vocab.to_dict(),
-        "text_tokenizer": text.fingerprint,
-        "image_tokenizer": image.fingerprint(),
+        "text_tokenizer": {"fingerprint": text.fingerprint, "vocab_size": text.vocab_size},
+        "image_tokenizer": {"fingerprint": image.fingerprint(), "codebook_size": 32, "grid_size": 8},
         "seq_len": 100,
         "tasks": ["text_to_image"],
     }
@@ -236,8 +236,8 @@ def test_from_components_reads_a_training_model_folder(parts, tmp_path: Path) ->
     assert pipe.vocab == vocab and pipe.text_to_image.text_budget == 100 - 4 - 64
     pipe.save_pretrained(tmp_path / "assembled")
     assert CogViewPipeline.from_pretrained(tmp_path / "assembled").text_to_image.text_budget == 32
-    write_json(folder / "cogview.json", {**info, "image_tokenizer": "0" * 16})
+    write_json(folder / "cogview.json", {**info, "image_tokenizer": {"fingerprint": "0" * 16}})
     with pytest.raises(
-        CheckpointError, match="trained with a image tokenizer|trained with an? image tokenizer"
+        CheckpointError, match="trained with the image tokenizer of fingerprint 0000000000000000"
     ):
         CogViewPipeline.from_components(folder, text, image)
