@@ -32,6 +32,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         examples_per_shard=args.examples_per_shard,
         resume=args.resume,
         progress=not args.no_progress,
+        sr_window=args.sr_window,
     )
     seconds = time.perf_counter() - started
     per_task = ", ".join(f"{t} {n}" for t, n in manifest["rows_per_task"].items())
@@ -67,7 +68,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--tasks",
         default="text_to_image",
-        help="comma-separated layouts per caption: text_to_image, image_to_text (default: text_to_image)",
+        help="comma-separated layouts per caption: text_to_image, image_to_text, super_resolution "
+        "(one window of the image at 1x and 2x size) (default: text_to_image)",
+    )
+    p.add_argument(
+        "--sr-window",
+        type=int,
+        default=8,
+        help="super_resolution: low-res codes per window side; the 2x window is twice that (default: 8)",
     )
     p.add_argument("--languages", default="zh,en", help="caption languages to use (default: zh,en)")
     p.add_argument(

@@ -23,7 +23,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from cogview import datasets
-from cogview.data import sequences
+from cogview.data import sequences, windows
 from cogview.data.shards import (
     FORMAT,
     FORMAT_VERSION,
@@ -32,7 +32,7 @@ from cogview.data.shards import (
     token_dtype,
     write_manifest,
 )
-from cogview.datasets.base import Example, check_lang
+from cogview.datasets.base import Example, check_lang, stable_int
 from cogview.serialization import read_json, write_json
 from cogview.tokenizers.image import ImageTokenizer
 from cogview.tokenizers.text import TextTokenizer
@@ -41,13 +41,15 @@ from cogview.tokenizers.vocab import Vocabulary
 logger = logging.getLogger(__name__)
 
 PROGRESS_NAME = "progress.json"
-PREPARE_TASKS = ("text_to_image", "image_to_text")
+PREPARE_TASKS = ("text_to_image", "image_to_text", "super_resolution")
 # Special tokens each layout adds around its text and image codes (see cogview.data.sequences).
-LAYOUT_OVERHEAD = {"text_to_image": 4, "image_to_text": 5}
+LAYOUT_OVERHEAD = {"text_to_image": 4, "image_to_text": 5, "super_resolution": 8}
 LAYOUTS = {
     "text_to_image": "[ROI1] text [BASE] [BOI1] codes [EOI1] [PAD]...",
     "image_to_text": "[BASE] [BOI1] codes [EOI1] [ROI1] text [EOT] [PAD]...",
+    "super_resolution": "[ROI1] text [BASE] [BOI1] low window [EOI1] [ROI2] [POS0] [BASE] [BOI2] 2x window [PAD]...",
 }
+DEFAULT_SR_WINDOW = 8  # low-res codes per window side (16 px of a 32 px image)
 _MAX_LISTED_SKIPS = 100
 _LOAD_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 _ENCODE_ERRORS = (OSError, ValueError, RuntimeError)
@@ -58,9 +60,16 @@ def default_vocab(image_tokenizer: ImageTokenizer, text_tokenizer: TextTokenizer
     return Vocabulary(image_size=image_tokenizer.codebook_size, text_size=text_tokenizer.vocab_size)
 
 
-def sequence_length(tasks: Sequence[str], text_budget: int, grid_size: int) -> int:
-    """Row length that fits every layout of ``tasks`` with ``text_budget`` text tokens and ``grid_size``² codes."""
-    return max(LAYOUT_OVERHEAD[t] for t in tasks) + text_budget + grid_size**2
+def sequence_length(
+    tasks: Sequence[str], text_budget: int, grid_size: int, sr_window: int = DEFAULT_SR_WINDOW
+) -> int:
+    """Row length that fits every layout of ``tasks`` with ``text_budget`` text tokens.
+
+    Whole-image layouts hold ``grid_size``² codes; a super-resolution window holds ``sr_window``²
+    low-res codes and ``(2 * sr_window)``² high-res codes.
+    """
+    codes = {"super_resolution": sr_window**2 + (2 * sr_window) ** 2}
+    return max(LAYOUT_OVERHEAD[t] + text_budget + codes.get(t, grid_size**2) for t in tasks)
 
 
 def _check_tasks(tasks: Sequence[str]) -> tuple[str, ...]:
@@ -68,11 +77,6 @@ def _check_tasks(tasks: Sequence[str]) -> tuple[str, ...]:
     if not tasks:
         raise ValueError(f"give at least one task among {PREPARE_TASKS}")
     for task in tasks:
-        if task == "super_resolution":
-            raise ValueError(
-                "the super_resolution task needs each image at two resolutions and comes with the "
-                f"super-resolution issue; use tasks among {PREPARE_TASKS} for now"
-            )
         if task not in PREPARE_TASKS:
             raise ValueError(f"unknown task {task!r}; use tasks among {PREPARE_TASKS}")
     if len(set(tasks)) != len(tasks):
@@ -114,7 +118,11 @@ class _Chunker:
         languages: tuple[str, ...],
         text_budget: int,
         seq_len: int,
+        high_res: Sequence[Example] | None = None,
+        sr_window: int = DEFAULT_SR_WINDOW,
     ) -> None:
+        self.high_res = high_res  # the same examples at 2x size, for super-resolution rows
+        self.sr_window = sr_window
         self.image_tokenizer = image_tokenizer
         self.text_tokenizer = text_tokenizer
         self.vocab = vocab
@@ -133,26 +141,49 @@ class _Chunker:
                 ids = self.text_tokenizer.encode(text, max_length=self.text_budget)
         return self.vocab.text_to_unified(ids), cut
 
+    def _codes(self, examples: list[tuple[int, Example]]) -> list[tuple[np.ndarray, np.ndarray | None]]:
+        low = self.image_tokenizer.encode([ex.image for _, ex in examples]).cpu().numpy()
+        if self.high_res is None:
+            return [(c, None) for c in low]
+        size = 2 * self.image_tokenizer.image_size
+        high_images = [self.high_res[i].image for i, _ in examples]
+        high = self.image_tokenizer.encode(high_images, size=size).cpu().numpy()
+        return list(zip(low, high, strict=True))
+
     def encode_images(
         self, examples: list[tuple[int, Example]], skipped: list[list[str]], refs: dict[int, str]
-    ) -> list[tuple[Example, np.ndarray]]:
-        """Codes of each example's image; images that fail to encode are skipped individually."""
+    ) -> list[tuple[int, Example, np.ndarray, np.ndarray | None]]:
+        """(index, example, codes, 2x codes or None) per example; failures are skipped individually."""
         if not examples:
             return []
         try:
-            codes = self.image_tokenizer.encode([ex.image for _, ex in examples]).cpu().numpy()
-            return [(ex, c) for (_, ex), c in zip(examples, codes, strict=True)]
-        except _ENCODE_ERRORS:
+            return [(i, ex, *c) for (i, ex), c in zip(examples, self._codes(examples), strict=True)]
+        except (*_ENCODE_ERRORS, *_LOAD_ERRORS):
             pass  # find the culprit(s) one image at a time
         out = []
         for i, ex in examples:
             try:
-                out.append((ex, self.image_tokenizer.encode([ex.image]).cpu().numpy()[0]))
-            except _ENCODE_ERRORS as e:
+                out.append((i, ex, *self._codes([(i, ex)])[0]))
+            except (*_ENCODE_ERRORS, *_LOAD_ERRORS) as e:
                 skipped.append([refs[i], f"image tokenizer failed: {type(e).__name__}: {e}"])
         return out
 
-    def rows(self, ex: Example, codes: np.ndarray, counts: Counter) -> list[np.ndarray]:
+    def sr_window_row(
+        self, index: int, lang: str, text: list[int], low: np.ndarray, high: np.ndarray
+    ) -> sequences.TokenSequence:
+        """One super-resolution window per (example, language), picked by a stable hash.
+
+        Every window position of :func:`~cogview.data.windows.magnify_windows` is seen across
+        the dataset, in the exact layout inference uses, at one row's cost per caption.
+        """
+        wins = windows.magnify_windows(*low.shape, self.sr_window)
+        win = wins[stable_int(f"sr-window-{index}-{lang}") % len(wins)]
+        rows, cols = win.high_slices()
+        return sequences.super_resolution_window(text, win.low(low), high[rows, cols], self.vocab)
+
+    def rows(
+        self, index: int, ex: Example, codes: np.ndarray, high: np.ndarray | None, counts: Counter
+    ) -> list[np.ndarray]:
         out = []
         for lang in self.languages:
             caption = ex.caption(lang)
@@ -163,6 +194,8 @@ class _Chunker:
             for task in self.tasks:
                 if task == "text_to_image":
                     seq = sequences.text_to_image(text, codes, self.vocab)
+                elif task == "super_resolution":
+                    seq = self.sr_window_row(index, lang, text, codes, high)
                 else:
                     seq = sequences.image_to_text(codes, text, self.vocab)
                 out.append(sequences.pad(seq, self.seq_len, self.vocab).tokens)
@@ -208,6 +241,7 @@ def prepare(
     examples_per_shard: int = 1024,
     resume: bool = False,
     progress: bool = True,
+    sr_window: int = DEFAULT_SR_WINDOW,
 ) -> dict[str, Any]:
     """Tokenise ``dataset`` ("shapes", "digits" or a folder) into token shards in ``out_dir``.
 
@@ -222,6 +256,8 @@ def prepare(
         examples_per_shard: examples per chunk; each chunk is one shard file and one resume point.
         resume: continue an interrupted run in ``out_dir`` (its settings must be the same).
         progress: show a tqdm progress bar.
+        sr_window: low-res codes per side of a super-resolution window; each example renders or
+            resizes its image at 2x size too and gives one window row per caption language.
 
     Returns:
         The manifest, also written to ``out_dir/manifest.json``.
@@ -244,7 +280,11 @@ def prepare(
             f"tokenizers ({image_tokenizer.codebook_size} codes, {text_tokenizer.vocab_size} text pieces); "
             f"use default_vocab(image_tokenizer, text_tokenizer)"
         )
-    seq_len = sequence_length(tasks, text_budget, image_tokenizer.grid_size)
+    if "super_resolution" in tasks and not 1 <= sr_window <= image_tokenizer.grid_size:
+        raise ValueError(
+            f"sr_window must be between 1 and the code grid side {image_tokenizer.grid_size}, got {sr_window}"
+        )
+    seq_len = sequence_length(tasks, text_budget, image_tokenizer.grid_size, sr_window)
     dtype = token_dtype(vocab)
     text_fp, image_fp = text_tokenizer.fingerprint, image_tokenizer.fingerprint()
     settings = {
@@ -261,10 +301,15 @@ def prepare(
         "text_tokenizer": text_fp,
         "image_tokenizer": image_fp,
     }
+    if "super_resolution" in tasks:
+        settings["sr_window"] = sr_window
 
     started = time.perf_counter()
     # Loaded before touching out_dir, so that a wrong name or split leaves no folder behind.
     ds = datasets.load(dataset, split, size=image_tokenizer.image_size)
+    high_res = None
+    if "super_resolution" in tasks:
+        high_res = datasets.load(dataset, split, size=2 * image_tokenizer.image_size)
     out = Path(out_dir)
     chunks = _start_or_resume(out, settings, resume, seq_len * dtype.itemsize)
     if chunks is None:  # already finished with these settings
@@ -273,7 +318,9 @@ def prepare(
     n = len(ds) if max_examples is None else min(len(ds), max_examples)
     load_skipped = [list(s) for s in getattr(ds, "skipped", [])]
     n_chunks = (n + examples_per_shard - 1) // examples_per_shard
-    chunker = _Chunker(image_tokenizer, text_tokenizer, vocab, tasks, languages, text_budget, seq_len)
+    chunker = _Chunker(
+        image_tokenizer, text_tokenizer, vocab, tasks, languages, text_budget, seq_len, high_res, sr_window
+    )
     writer = ShardWriter(out, seq_len, dtype)
     done = chunks[-1]["examples"][1] if chunks else 0
     if chunks:
@@ -293,8 +340,8 @@ def prepare(
                     except _LOAD_ERRORS as e:
                         skipped.append([refs[i], f"unreadable image: {type(e).__name__}: {e}"])
                 rows = []
-                for ex, codes in chunker.encode_images(batch, skipped, refs):
-                    rows += chunker.rows(ex, codes, counts)
+                for i, ex, codes, high in chunker.encode_images(batch, skipped, refs):
+                    rows += chunker.rows(i, ex, codes, high, counts)
                 if rows:
                     writer.append(np.stack(rows))
                 bar.update(min(b + batch_size, stop) - b)

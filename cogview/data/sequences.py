@@ -230,11 +230,13 @@ def positions_and_mask(
 
 
 def drop_caption(tokens: torch.Tensor, drop: torch.Tensor, vocab: Vocabulary) -> torch.Tensor:
-    """Remove the text of the text-to-image rows selected by ``drop`` (classifier-free guidance).
+    """Remove the text of the rows selected by ``drop`` that start with ``[ROI1] text [BASE]``.
 
-    A selected row ``[ROI1] text [BASE] [BOI1] codes [EOI1] [PAD]...`` becomes
-    ``[ROI1] [BASE] [BOI1] codes [EOI1] [PAD]...`` (shifted left, padded at the end). Rows of
-    other layouts (not starting with ``[ROI1]``, or holding ``[ROI2]``) are returned unchanged.
+    A selected text-to-image row ``[ROI1] text [BASE] [BOI1] codes [EOI1] [PAD]...`` becomes
+    ``[ROI1] [BASE] [BOI1] codes [EOI1] [PAD]...`` (shifted left, padded at the end): the
+    unconditional rows of classifier-free guidance. Super-resolution rows lose their text the same
+    way, so one model upscales with or without a prompt. Image-to-text rows (starting with
+    ``[BASE]``) are returned unchanged: their text is the target.
 
     Args:
         tokens: ``(B, L)`` int64 rows.
@@ -246,13 +248,9 @@ def drop_caption(tokens: torch.Tensor, drop: torch.Tensor, vocab: Vocabulary) ->
         )
     B, L = tokens.shape
     is_base = tokens == vocab.token_id("[BASE]")  # B, L
-    text_to_image = (
-        (tokens[:, 0] == vocab.token_id("[ROI1]"))
-        & ~(tokens == vocab.token_id("[ROI2]")).any(1)
-        & is_base.any(1)
-    )  # B
+    text_first = (tokens[:, 0] == vocab.token_id("[ROI1]")) & is_base.any(1)  # B
     # Text length = index of the first [BASE] - 1; rows left alone shift by 0.
-    shift = torch.where(drop.bool() & text_to_image, is_base.int().argmax(1) - 1, 0)[:, None]  # B, 1
+    shift = torch.where(drop.bool() & text_first, is_base.int().argmax(1) - 1, 0)[:, None]  # B, 1
     index = torch.arange(L, device=tokens.device).expand(B, L)  # B, L
     source = torch.where(index >= 1, index + shift, index)  # B, L
     out = tokens.gather(1, source.clamp(max=L - 1))  # B, L

@@ -105,7 +105,7 @@ def test_positions_and_mask_match_the_builders(vocab: Vocabulary) -> None:
     assert positions.dtype == torch.int64 and mask.dtype == torch.float32
 
 
-def test_drop_caption_only_on_selected_text_to_image_rows(vocab: Vocabulary) -> None:
+def test_drop_caption_on_selected_text_first_rows(vocab: Vocabulary) -> None:
     rows = [
         pad(text_to_image(TEXT, CODES, vocab), 14, vocab).tokens,
         pad(text_to_image(TEXT, CODES, vocab), 14, vocab).tokens,
@@ -115,7 +115,9 @@ def test_drop_caption_only_on_selected_text_to_image_rows(vocab: Vocabulary) -> 
     tokens = torch.tensor(np.stack(rows))
     out = drop_caption(tokens, torch.tensor([True, False, True, True]), vocab)
     assert out[0].tolist() == [ROI1, BASE, BOI1, 1, 2, 3, 4, EOI1] + [PAD] * 6
-    assert torch.equal(out[1:], tokens[1:])
+    assert torch.equal(out[1:3], tokens[1:3])  # not selected; image-to-text keeps its target text
+    roi2, pos0, boi2 = (vocab.token_id(t) for t in ("[ROI2]", "[POS0]", "[BOI2]"))
+    assert out[3].tolist() == [ROI1, BASE, BOI1, 5, EOI1, roi2, pos0, BASE, boi2, 1, vocab.token_id("[EOI2]")] + [PAD] * 3
 
 
 def test_text_token_mask(vocab: Vocabulary) -> None:
