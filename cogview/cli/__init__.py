@@ -10,9 +10,9 @@ import argparse
 import logging
 import sys
 
-from cogview.cli import data, generate, tokenizer, train
+from cogview.cli import convert, data, generate, tokenizer, train
 
-COMMAND_MODULES = (tokenizer, data, train, generate)
+COMMAND_MODULES = (tokenizer, data, train, generate, convert)
 
 
 def _configure_logging(verbose: bool) -> None:
