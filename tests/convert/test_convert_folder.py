@@ -14,7 +14,7 @@ from safetensors import safe_open
 from cogview.cli import main
 from cogview.convert import convert_original
 from cogview.model import CogViewTransformer
-from cogview.pipeline import CogViewPipeline
+from cogview.pipeline import JOBS, CogViewPipeline
 from cogview.serialization import CheckpointError
 
 
@@ -154,3 +154,17 @@ def test_cli_errors_exit_2(
     # The default (4B, original VQ-VAE) architectures against tiny files: refused, nothing written.
     assert "does not match the model" in run("--checkpoint", str(original.checkpoint))
     assert not out.exists()
+
+
+@pytest.mark.parametrize("job", ["image_to_text", "super_resolution"])
+def test_other_jobs_are_recorded_once_the_pipeline_serves_them(
+    original: OriginalFiles, tmp_path: Path, job: str
+) -> None:
+    out = tmp_path / "model"
+    if job in JOBS:
+        convert(original, out, job=job)
+        assert job in json.loads((out / "pipeline.json").read_text())["jobs"]
+    else:  # refused up front, before any file is read
+        with pytest.raises(ValueError, match=f"job '{job}' is not served by this version"):
+            convert(original, out, job=job)
+        assert_nothing_written(out)
