@@ -168,3 +168,20 @@ def test_other_jobs_are_recorded_once_the_pipeline_serves_them(
         with pytest.raises(ValueError, match=f"job '{job}' is not served by this version"):
             convert(original, out, job=job)
         assert_nothing_written(out)
+
+
+def test_weights_that_are_views_of_one_flat_buffer(original: OriginalFiles, tmp_path: Path) -> None:
+    # DeepSpeed's fp16 optimizers keep the parameters as views into one flat buffer; torch.save keeps
+    # that sharing, so every loaded tensor is a view of one storage. Each must be written on its own.
+    flat = torch.cat([v.flatten() for v in original.module.values()])
+    module, offset = {}, 0
+    for k, v in original.module.items():
+        module[k] = flat[offset : offset + v.numel()].view(v.shape)
+        offset += v.numel()
+    rewrite(original, module)
+    convert(original, tmp_path / "model", dtype="fp16")
+    with safe_open(tmp_path / "model" / "transformer" / "model.safetensors", "pt") as f:
+        assert torch.equal(
+            f.get_tensor("layers.1.feed_forward.w2.weight"),
+            original.module["transformer.layers.1.mlp.dense_4h_to_h.weight"],
+        )

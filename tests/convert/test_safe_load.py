@@ -43,17 +43,32 @@ def test_sat_file_with_argparse_namespace_loads(original_sat: OriginalFiles) -> 
     assert "transformer.word_embeddings.weight" in ckpt["module"]
 
 
-def test_numpy_1_file_loads(original: OriginalFiles, tmp_path: Path) -> None:
-    # Files written under numpy 1.x name numpy.core.multiarray._reconstruct (numpy 2: numpy._core).
-    old = tmp_path / "numpy1.pt"
-    with zipfile.ZipFile(original.model_file) as zin, zipfile.ZipFile(old, "w") as zout:
+def rewrite_pickle(src: Path, dst: Path, old: bytes, new: bytes) -> None:
+    """Copy a zip-format torch file, replacing ``old`` by ``new`` in its pickle stream."""
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
         for info in zin.infolist():
             data = zin.read(info.filename)
             if info.filename.endswith("data.pkl"):
-                assert b"numpy._core.multiarray\n" in data
-                data = data.replace(b"numpy._core.multiarray\n", b"numpy.core.multiarray\n")
+                assert old in data
+                data = data.replace(old, new)
             zout.writestr(info, data)
+
+
+def test_numpy_1_file_loads(original: OriginalFiles, tmp_path: Path) -> None:
+    # Files written under numpy 1.x name numpy.core.multiarray._reconstruct (numpy 2: numpy._core).
+    old = tmp_path / "numpy1.pt"
+    rewrite_pickle(original.model_file, old, b"numpy._core.multiarray\n", b"numpy.core.multiarray\n")
     assert safe_torch_load(old)["np_rng_state"][0] == "MT19937"
+
+
+def test_tensors_saved_from_a_gpu_load_on_the_cpu(tmp_path: Path) -> None:
+    # The released files were written by DeepSpeed from CUDA tensors: storages tagged "cuda:0".
+    torch.save({"module": {"w": torch.arange(4, dtype=torch.float16)}}, tmp_path / "cpu.pt")
+    rewrite_pickle(
+        tmp_path / "cpu.pt", tmp_path / "gpu.pt", b"X\x03\x00\x00\x00cpu", b"X\x06\x00\x00\x00cuda:0"
+    )
+    w = safe_torch_load(tmp_path / "gpu.pt")["module"]["w"]
+    assert w.device.type == "cpu" and w.tolist() == [0, 1, 2, 3]
 
 
 def test_arbitrary_object_is_refused_and_never_runs(tmp_path: Path) -> None:
