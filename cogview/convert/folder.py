@@ -108,9 +108,14 @@ def convert_original(
     model_config = transformer_config(state, config, str(file))
     transformer = transformer_from_original(state, model_config, DTYPES[dtype], str(file))
     del state  # drop the memory map before writing
-    pipe = CogViewPipeline(
-        transformer, text, image, vocab, text_budget=text_budget, sampling=ORIGINAL_SAMPLING, jobs=(job,)
-    )
+    try:
+        pipe = CogViewPipeline(
+            transformer, text, image, vocab, text_budget=text_budget, sampling=ORIGINAL_SAMPLING, jobs=(job,)
+        )
+    except ValueError as e:  # e.g. a job module that needs a token the original vocabulary lacks
+        raise ValueError(
+            f"the converted weights cannot be served as {job} by this CogViewPipeline: {e}"
+        ) from e
     record = {
         "format": "cogview.conversion",
         "checkpoint": str(file),
