@@ -4,8 +4,11 @@ Each component is trained separately and keeps its own folder (``text_tokenizer/
 ``image_tokenizer/``, ``transformer/``); ``pipeline.json`` beside them records what ties them
 together: the unified vocabulary, both tokenizers' fingerprints (checked on load, so a model is
 never paired with tokenizers it was not trained with), the text budget, default sampling
-settings per prompt kind and the jobs the model serves. The pipeline only composes; each job
-(today :class:`~cogview.generation.text_to_image.TextToImage`) is built once from the components.
+settings per job and the jobs the model serves, each with the folder of its transformer: one
+multi-task transformer can serve several jobs, or each job can have its own (the shipped default
+has three, see docs/default_model.md). The pipeline only composes; each job
+(:class:`~cogview.generation.text_to_image.TextToImage`, :class:`~cogview.generation.captioning.Captioner`,
+:class:`~cogview.generation.super_resolution.SuperResolution`) is built once from the components.
 """
 
 from __future__ import annotations
@@ -20,11 +23,15 @@ from typing import Any
 import torch
 from PIL import Image
 
-from cogview.data.prepare import LAYOUT_OVERHEAD, default_vocab
+from cogview.data.prepare import DEFAULT_SR_WINDOW, LAYOUT_OVERHEAD, default_vocab
+from cogview.generation.captioning import Captioner
+from cogview.generation.reranking import rerank
 from cogview.generation.sampling import SamplingConfig
+from cogview.generation.super_resolution import SuperResolution
 from cogview.generation.text_to_image import (
     DEFAULT_MAX_BATCH_SIZE,
     DEFAULT_SAMPLING,
+    PromptResult,
     TextToImage,
     sampling_from_dict,
     sampling_to_dict,
@@ -43,7 +50,19 @@ PIPELINE_VERSION = 1
 TEXT_TOKENIZER_DIR, IMAGE_TOKENIZER_DIR, TRANSFORMER_DIR = "text_tokenizer", "image_tokenizer", "transformer"
 # Written by the training loop next to the transformer weights (cogview.training.loop).
 TRAINING_INFO_NAME = "cogview.json"
-JOBS = ("text_to_image",)
+JOBS = ("text_to_image", "image_to_text", "super_resolution")
+# Folder of each job's transformer when jobs have their own models.
+JOB_FOLDERS = {
+    "text_to_image": TRANSFORMER_DIR,
+    "image_to_text": "caption",
+    "super_resolution": "super_resolution",
+}
+# The training task whose rows teach each job (cogview.json "tasks").
+JOB_TASKS = {
+    "text_to_image": "text_to_image",
+    "image_to_text": "image_to_text",
+    "super_resolution": "super_resolution",
+}
 
 
 def default_model_path() -> Path:
@@ -52,34 +71,86 @@ def default_model_path() -> Path:
 
 
 class CogViewPipeline:
-    """Text tokenizer, transformer and image tokenizer of one model, and the jobs built on them.
+    """Tokenizers, the transformer(s) and the jobs built on them.
 
     Build it with :meth:`from_pretrained` (a model folder) or :meth:`from_components` (e.g. the
-    ``model/`` folder of a training run plus tokenizers); save it with :meth:`save_pretrained`.
+    ``model/`` folders of training runs plus tokenizers); save it with :meth:`save_pretrained`.
+
+    Args:
+        transformer: the model of every job in ``jobs`` without an entry in ``job_models``
+            (None when ``job_models`` covers them all).
+        jobs: the jobs served, among :data:`JOBS`.
+        job_models: a separate transformer per job, e.g. ``{"image_to_text": caption_model}``.
+        sampling: text-to-image sampling defaults per prompt kind (``{"default": ..., "zh": ...}``).
+        job_sampling: sampling defaults of the other jobs (``{"image_to_text": SamplingConfig(...)}``).
+        sr_window: low-res codes per super-resolution window side (as in training).
     """
 
     def __init__(
         self,
-        transformer: CogViewTransformer,
+        transformer: CogViewTransformer | None,
         text_tokenizer: TextTokenizer,
         image_tokenizer: ImageTokenizer,
         vocab: Vocabulary,
         *,
         text_budget: int | None = None,
         sampling: Mapping[str, SamplingConfig] | None = None,
-        jobs: Sequence[str] = JOBS,
+        jobs: Sequence[str] = ("text_to_image",),
+        job_models: Mapping[str, CogViewTransformer] | None = None,
+        job_sampling: Mapping[str, SamplingConfig] | None = None,
+        sr_window: int = DEFAULT_SR_WINDOW,
     ) -> None:
-        unknown = sorted(set(jobs) - set(JOBS))
+        job_models = dict(job_models or {})
+        unknown = sorted(set(jobs) - set(JOBS) | set(job_models) - set(JOBS))
         if unknown:
             raise ValueError(f"unknown job(s) {unknown}; this version serves {list(JOBS)}")
-        self.transformer = transformer
+        jobs = tuple(j for j in JOBS if j in jobs or j in job_models)  # canonical order
+        if not jobs:
+            raise ValueError(f"a pipeline needs at least one job among {list(JOBS)}")
+        models = {}
+        for job in jobs:
+            model = job_models.get(job, transformer)
+            if model is None:
+                raise ValueError(f"no transformer for job {job!r}: pass transformer= or job_models[{job!r}]")
+            models[job] = model
+        self.models = models
         self.text_tokenizer = text_tokenizer
         self.image_tokenizer = image_tokenizer
         self.vocab = vocab
-        self.jobs = tuple(jobs)
-        self.text_to_image = TextToImage(
-            transformer, text_tokenizer, image_tokenizer, vocab, text_budget=text_budget, sampling=sampling
-        )
+        self.jobs = jobs
+        self.sr_window = sr_window
+        self.job_sampling = dict(job_sampling or {})
+        self._text_budget, self._sampling = text_budget, sampling
+        self._build()
+
+    def _build(self) -> None:
+        args = (self.text_tokenizer, self.image_tokenizer, self.vocab)
+        m, js = self.models, self.job_sampling
+        self.text_to_image = self.captioner = self.super_resolution = None
+        if "text_to_image" in m:
+            self.text_to_image = TextToImage(
+                m["text_to_image"], *args, text_budget=self._text_budget, sampling=self._sampling
+            )
+        if "image_to_text" in m:
+            self.captioner = Captioner(m["image_to_text"], *args, sampling=js.get("image_to_text"))
+        if "super_resolution" in m:
+            self.super_resolution = SuperResolution(
+                m["super_resolution"], *args, window=self.sr_window, sampling=js.get("super_resolution")
+            )
+
+    @property
+    def transformer(self) -> CogViewTransformer:
+        """The text-to-image transformer (else the first job's)."""
+        return self.models.get("text_to_image", next(iter(self.models.values())))
+
+    def _job(self, job: str) -> Any:
+        served = {"text_to_image": self.text_to_image, "image_to_text": self.captioner}
+        served["super_resolution"] = self.super_resolution
+        if served[job] is None:
+            raise ValueError(
+                f"this model folder does not serve {job} (it serves {list(self.jobs)}; see jobs in pipeline.json)"
+            )
+        return served[job]
 
     # --- jobs ---------------------------------------------------------------------------------
 
@@ -95,6 +166,7 @@ class CogViewPipeline:
         max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
         dtype: torch.dtype | str | None = None,
         *,
+        candidates: int = 1,
         generator: torch.Generator | None = None,
         progress: bool = False,
     ) -> list[Image.Image]:
@@ -103,61 +175,122 @@ class CogViewPipeline:
         Settings left None take the model's defaults for the prompt's kind (``pipeline.json``).
         The same prompt, seed and settings give the same images; ``seed=None`` draws one from
         ``generator`` if given, else at random (use :meth:`TextToImage.run` to get it back).
+        ``candidates=N`` draws N images per requested one and keeps the one whose caption
+        likelihood of the prompt is highest (CogView's post-selection; needs ``image_to_text``).
         """
-        if "text_to_image" not in self.jobs:
-            raise ValueError("this model folder does not serve text_to_image (see jobs in pipeline.json)")
-        return self.text_to_image(
+        results = self.generate_results(
             prompt,
             num_images,
             seed=seed,
-            generator=generator,
             temperature=temperature,
             top_k=top_k,
             top_p=top_p,
             guidance_scale=guidance_scale,
             max_batch_size=max_batch_size,
             dtype=dtype,
+            candidates=candidates,
+            generator=generator,
             progress=progress,
         )
+        return [im for r in results for im in r.images]
+
+    def generate_results(
+        self, prompt: str | Sequence[str], num_images: int = 1, *, candidates: int = 1, **kwargs: Any
+    ) -> list[PromptResult]:
+        """Like :meth:`generate`, with per-prompt records (seeds, settings, reranking scores)."""
+        t2i = self._job("text_to_image")
+        if isinstance(candidates, bool) or not isinstance(candidates, int) or candidates < 1:
+            raise ValueError(f"candidates must be a positive integer, got {candidates!r}")
+        if candidates == 1:
+            return t2i.run(prompt, num_images, **kwargs)
+        captioner = self._job("image_to_text")
+        results = t2i.run(prompt, num_images * candidates, **kwargs)
+        return [
+            rerank(r, captioner, candidates, kwargs.get("max_batch_size", DEFAULT_MAX_BATCH_SIZE))
+            for r in results
+        ]
+
+    def caption(
+        self,
+        images: Image.Image | Sequence[Image.Image],
+        language: str = "zh",
+        num_captions: int = 1,
+        **kwargs: Any,
+    ) -> list[str]:
+        """``num_captions`` captions per image in ``language`` ("zh" or "en"), image by image (see
+        :meth:`Captioner.caption` for the sampling settings)."""
+        return self._job("image_to_text").caption(images, language, num_captions, **kwargs)
+
+    def score(self, prompt: str, images: Image.Image | Sequence[Image.Image], **kwargs: Any) -> list[float]:
+        """``log p(prompt | image)`` per image, from one batched pass: higher fits better (CapS)."""
+        return self._job("image_to_text").score(prompt, images, **kwargs)
+
+    def caption_loss(
+        self, prompt: str, images: Image.Image | Sequence[Image.Image], **kwargs: Any
+    ) -> list[float]:
+        """CapLoss per image (SPEC 5): mean cross-entropy of the prompt's tokens given the image."""
+        return self._job("image_to_text").caption_loss(prompt, images, **kwargs)
+
+    def upscale(
+        self, image: Image.Image | Sequence[Image.Image], prompt: str | None = None, **kwargs: Any
+    ) -> Image.Image | list[Image.Image]:
+        """The image at twice its size (a list for a list), by token-space super-resolution."""
+        out = self._job("super_resolution").upscale(image, prompt, **kwargs)
+        return out[0] if isinstance(image, Image.Image) else out
 
     def to(self, device: torch.device | str) -> CogViewPipeline:
-        """Move the transformer and the image tokenizer to ``device`` (in place; returns self)."""
-        self.transformer.to(device)
+        """Move the transformers and the image tokenizer to ``device`` (in place; returns self)."""
+        for model in self.models.values():
+            model.to(device)
         self.image_tokenizer.to(device)
-        self.text_to_image = TextToImage(
-            self.transformer,
-            self.text_tokenizer,
-            self.image_tokenizer,
-            self.vocab,
-            text_budget=self.text_to_image.text_budget,
-            sampling=self.text_to_image.sampling,
-        )
+        self._build()
         return self
 
     # --- folders ------------------------------------------------------------------------------
 
+    def job_folders(self) -> dict[str, str]:
+        """Job -> transformer folder name; jobs sharing one model share its folder."""
+        folders: dict[str, str] = {}
+        by_model: dict[int, str] = {}
+        for job, model in self.models.items():
+            folders[job] = by_model.setdefault(id(model), JOB_FOLDERS[job])
+        return folders
+
     def config(self) -> dict[str, Any]:
         """The contents of ``pipeline.json``."""
-        return {
+        sampling: dict[str, Any] = {}
+        if self.text_to_image is not None:
+            sampling["text_to_image"] = sampling_to_dict(self.text_to_image.sampling)
+        if self.captioner is not None:
+            sampling["image_to_text"] = self.captioner.sampling.to_dict()
+        if self.super_resolution is not None:
+            sampling["super_resolution"] = self.super_resolution.sampling.to_dict()
+        out = {
             "format": PIPELINE_FORMAT,
             "version": PIPELINE_VERSION,
             "vocab": self.vocab.to_dict(),
             "text_tokenizer": {"fingerprint": self.text_tokenizer.fingerprint},
             "image_tokenizer": {"fingerprint": self.image_tokenizer.fingerprint()},
-            "text_budget": self.text_to_image.text_budget,
-            "jobs": list(self.jobs),
-            "sampling": {"text_to_image": sampling_to_dict(self.text_to_image.sampling)},
+            "text_budget": self.text_to_image.text_budget if self.text_to_image is not None else None,
+            "jobs": self.job_folders(),
+            "sampling": sampling,
         }
+        if self.super_resolution is not None:
+            out["super_resolution"] = {"window": self.sr_window}
+        return out
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
-        """Write ``text_tokenizer/``, ``image_tokenizer/``, ``transformer/`` and ``pipeline.json``."""
+        """Write ``text_tokenizer/``, ``image_tokenizer/``, one folder per distinct transformer and
+        ``pipeline.json`` (last: a folder holding it is complete)."""
         directory = Path(directory)
         if directory.exists() and not directory.is_dir():
             raise ValueError(f"{directory} is a file; save_pretrained needs a folder path")
         self.text_tokenizer.save_pretrained(directory / TEXT_TOKENIZER_DIR)
         self.image_tokenizer.save_pretrained(directory / IMAGE_TOKENIZER_DIR)
-        self.transformer.save_pretrained(directory / TRANSFORMER_DIR)
-        write_json(directory / PIPELINE_NAME, self.config())  # last: a folder with it is complete
+        for job, folder in self.job_folders().items():
+            if JOB_FOLDERS[job] == folder:
+                self.models[job].save_pretrained(directory / folder)
+        write_json(directory / PIPELINE_NAME, self.config())
 
     @classmethod
     def from_pretrained(
@@ -199,9 +332,18 @@ class CogViewPipeline:
             )
         try:
             vocab = Vocabulary.from_dict(meta["vocab"])
-            sampling = sampling_from_dict(meta.get("sampling", {}).get("text_to_image", _default_sampling()))
+            all_sampling = meta.get("sampling", {})
+            sampling = sampling_from_dict(all_sampling.get("text_to_image", _default_sampling()))
+            job_sampling = {
+                job: SamplingConfig.from_dict(all_sampling[job])
+                for job in ("image_to_text", "super_resolution")
+                if job in all_sampling
+            }
             text_budget = meta.get("text_budget")
-            jobs = tuple(meta.get("jobs", JOBS))
+            jobs = meta.get("jobs", ["text_to_image"])
+            # A list (older folders, converters): every listed job uses transformer/.
+            job_dirs = dict(jobs) if isinstance(jobs, Mapping) else {job: TRANSFORMER_DIR for job in jobs}
+            sr_window = int(meta.get("super_resolution", {}).get("window", DEFAULT_SR_WINDOW))
             text_fp = meta["text_tokenizer"]["fingerprint"]
             image_fp = meta["image_tokenizer"]["fingerprint"]
         except (KeyError, TypeError, ValueError) as e:
@@ -212,67 +354,96 @@ class CogViewPipeline:
         )
         _check_fingerprint("text tokenizer", text_tokenizer.fingerprint, text_fp, folder)
         _check_fingerprint("image tokenizer", image_tokenizer.fingerprint(), image_fp, folder)
-        transformer = _load(
-            lambda p: CogViewTransformer.from_pretrained(p, dtype=dtype),
-            folder / TRANSFORMER_DIR,
-            "transformer",
-        )
+        loaded: dict[str, CogViewTransformer] = {}
+        for name in dict.fromkeys(job_dirs.values()):
+            loaded[name] = _load(
+                lambda p: CogViewTransformer.from_pretrained(p, dtype=dtype), folder / name, "transformer"
+            )
         pipe = cls(
-            transformer,
+            None,
             text_tokenizer,
             image_tokenizer,
             vocab,
             text_budget=text_budget,
             sampling=sampling,
-            jobs=jobs,
+            jobs=tuple(job_dirs),
+            job_models={job: loaded[name] for job, name in job_dirs.items()},
+            job_sampling=job_sampling,
+            sr_window=sr_window,
         )
         return pipe if device is None else pipe.to(device)
 
     @classmethod
     def from_components(
         cls,
-        transformer: CogViewTransformer | str | os.PathLike,
+        transformer: CogViewTransformer
+        | str
+        | os.PathLike
+        | Mapping[str, CogViewTransformer | str | os.PathLike],
         text_tokenizer: TextTokenizer | str | os.PathLike | None = None,
         image_tokenizer: ImageTokenizer | str | os.PathLike | None = None,
         vocab: Vocabulary | None = None,
         *,
         text_budget: int | None = None,
         sampling: Mapping[str, SamplingConfig] | None = None,
+        job_sampling: Mapping[str, SamplingConfig] | None = None,
+        sr_window: int = DEFAULT_SR_WINDOW,
     ) -> CogViewPipeline:
-        """Compose a pipeline from a transformer (model or folder) and tokenizers (objects, folders or
-        None for the shipped defaults).
+        """Compose a pipeline from transformers (models or folders) and tokenizers (objects, folders
+        or None for the shipped defaults).
 
-        A transformer folder written by training (``RUN/model/``) carries ``cogview.json``: its
-        vocabulary and tokenizer fingerprints are checked against the tokenizers, and its
-        sequence length gives the text budget. Without it, the vocabulary defaults to
-        :func:`~cogview.data.prepare.default_vocab` of the two tokenizers.
+        ``transformer`` is one model or folder, or a mapping job -> model or folder. A folder
+        written by training (``RUN/model/``) carries ``cogview.json``: its vocabulary and tokenizer
+        fingerprints are checked against the tokenizers, its training tasks name the jobs it serves
+        (when not given by a mapping), and its sequence length gives the text budget. Without it,
+        the vocabulary defaults to :func:`~cogview.data.prepare.default_vocab` of the two tokenizers.
         """
-        info: dict[str, Any] = {}
-        if not isinstance(transformer, CogViewTransformer):
-            folder = Path(transformer)
-            if (folder / TRAINING_INFO_NAME).is_file():
-                info = read_json(folder / TRAINING_INFO_NAME)
-            transformer = _load(CogViewTransformer.from_pretrained, folder, "transformer")
         if not isinstance(text_tokenizer, TextTokenizer):
             text_tokenizer = _load(TextTokenizer.from_pretrained, text_tokenizer, "text tokenizer")
         if not isinstance(image_tokenizer, ImageTokenizer):
             image_tokenizer = _load(ImageTokenizer.from_pretrained, image_tokenizer, "image tokenizer")
-        if info:
-            _check_training_info(info, text_tokenizer, image_tokenizer)
-            trained_vocab = Vocabulary.from_dict(info["vocab"])
-            if vocab is not None and vocab != trained_vocab:
-                raise ValueError(
-                    f"vocab {vocab} differs from the one the transformer was trained with, {trained_vocab}"
-                )
-            vocab = trained_vocab
-            if text_budget is None and info.get("seq_len"):
-                tasks = info.get("tasks") or ["text_to_image"]
-                overhead = max(LAYOUT_OVERHEAD.get(t, LAYOUT_OVERHEAD["text_to_image"]) for t in tasks)
-                text_budget = int(info["seq_len"]) - overhead - image_tokenizer.grid_size**2
+        given = dict(transformer) if isinstance(transformer, Mapping) else {None: transformer}
+        models: dict[str, CogViewTransformer] = {}
+        for job, source in given.items():
+            info: dict[str, Any] = {}
+            if not isinstance(source, CogViewTransformer):
+                folder = Path(source)
+                if (folder / TRAINING_INFO_NAME).is_file():
+                    info = read_json(folder / TRAINING_INFO_NAME)
+                source = _load(CogViewTransformer.from_pretrained, folder, "transformer")
+            jobs = [job] if job is not None else _jobs_of(info.get("tasks"))
+            for j in jobs:
+                models[j] = source
+            if info:
+                _check_training_info(info, text_tokenizer, image_tokenizer)
+                trained_vocab = Vocabulary.from_dict(info["vocab"])
+                if vocab is not None and vocab != trained_vocab:
+                    raise ValueError(
+                        f"vocab {vocab} differs from the one the transformer was trained with, {trained_vocab}"
+                    )
+                vocab = trained_vocab
+                if text_budget is None and info.get("seq_len") and "text_to_image" in jobs:
+                    overhead = LAYOUT_OVERHEAD["text_to_image"]
+                    text_budget = int(info["seq_len"]) - overhead - image_tokenizer.grid_size**2
         vocab = vocab or default_vocab(image_tokenizer, text_tokenizer)
         return cls(
-            transformer, text_tokenizer, image_tokenizer, vocab, text_budget=text_budget, sampling=sampling
+            None,
+            text_tokenizer,
+            image_tokenizer,
+            vocab,
+            text_budget=text_budget,
+            sampling=sampling,
+            jobs=tuple(models),
+            job_models=models,
+            job_sampling=job_sampling,
+            sr_window=sr_window,
         )
+
+
+def _jobs_of(tasks: Sequence[str] | None) -> list[str]:
+    """The jobs a model trained on ``tasks`` serves (text-to-image when unknown)."""
+    jobs = [job for job, task in JOB_TASKS.items() if tasks and task in tasks]
+    return jobs or ["text_to_image"]
 
 
 def _default_sampling() -> dict[str, Any]:

@@ -42,9 +42,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
     prompts = read_prompts(args)
     pipe = CogViewPipeline.from_pretrained(args.model, device=args.device)
     seed = secrets.randbits(62) if args.seed is None else args.seed
-    results = pipe.text_to_image.run(
+    if args.candidates > 1 and pipe.captioner is None:
+        raise ValueError("--candidates needs a model that also serves image_to_text (captioning)")
+    if args.upscale and pipe.super_resolution is None:
+        raise ValueError("--upscale needs a model that also serves super_resolution")
+    results = pipe.generate_results(
         prompts,
         args.num_images,
+        candidates=args.candidates,
         seed=seed,
         temperature=args.temperature,
         top_k=args.top_k,
@@ -58,19 +63,27 @@ def cmd_generate(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     records: list[dict[str, Any]] = []
     for k, result in enumerate(results):
+        images = result.images
+        record = result.to_dict()
+        if args.upscale:
+            images = pipe.upscale(images, result.prompt, seed=seed, max_batch_size=args.max_batch_size)
+            record["upscaled"] = True
         files = []
-        for i, image in enumerate(result.images):
+        for i, image in enumerate(images):
             name = f"{k:03d}_{i:03d}.png"
             image.save(out / name)
             files.append(name)
         grid = f"{k:03d}_grid.png"
-        make_grid(result.images, grid_columns(len(result.images)), scale=args.grid_scale).save(out / grid)
-        records.append({**result.to_dict(), "files": files, "grid": grid})
+        scale = max(1, args.grid_scale // (2 if args.upscale else 1))
+        make_grid(images, grid_columns(len(images)), scale=scale).save(out / grid)
+        records.append({**record, "files": files, "grid": grid})
         print(f"{grid}: {result.prompt}")
     report = {
         "model": str(Path(args.model).resolve()) if args.model else "default",
         "seed": seed,
         "num_images": args.num_images,
+        "candidates": args.candidates,
+        "upscale": args.upscale,
         "max_batch_size": args.max_batch_size,
         "dtype": str(pipe.text_to_image.resolved_dtype(args.dtype)).removeprefix("torch."),
         "device": str(pipe.transformer.tok_embeddings.weight.device),
@@ -88,7 +101,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "generate",
         help="generate images from Chinese or English text prompts",
-        description="Text-to-image with a CogView model folder. Writes OUT/KKK_III.png per image, "
+        description="Text-to-image with a CogView model folder, optionally reranked by caption likelihood (--candidates) and upscaled (--upscale): generate -> rerank -> upscale. Writes OUT/KKK_III.png per image, "
         "OUT/KKK_grid.png per prompt and OUT/generate.json with the exact settings and seeds; the same "
         "prompt, seed and settings give the same PNG bytes. Sampling flags left out take the model's "
         "defaults for the prompt's language (pipeline.json).",
@@ -117,6 +130,18 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--dtype",
         choices=("float32", "bfloat16", "float16"),
         help="compute precision (default: float32 on CPU, bfloat16 on GPU; float16 only on GPU)",
+    )
+    p.add_argument(
+        "--candidates",
+        type=int,
+        default=1,
+        help="draw N candidates per image and keep the one whose caption likelihood of the prompt is "
+        "highest (CogView's post-selection; needs a captioning model) (default: 1 = no reranking)",
+    )
+    p.add_argument(
+        "--upscale",
+        action="store_true",
+        help="upscale each kept image 2x in token space (needs a super-resolution model)",
     )
     p.add_argument("--device", help="torch device, e.g. cpu or cuda (default: cpu)")
     p.add_argument("--grid-scale", type=int, default=4, help="upscale factor of the grid images (default: 4)")

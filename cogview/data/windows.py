@@ -58,4 +58,6 @@ def magnify_windows(height: int, width: int, size: int, stride: int | None = Non
             f"a {height}x{width} code grid is smaller than the {size}x{size} super-resolution window; "
             f"the input image must be at least {size} codes on each side"
         )
-    return [Window(t, left, size) for t in _starts(height, size, stride) for left in _starts(width, size, stride)]
+    return [
+        Window(t, left, size) for t in _starts(height, size, stride) for left in _starts(width, size, stride)
+    ]

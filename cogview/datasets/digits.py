@@ -54,6 +54,17 @@ def canonical_caption(digit: int, lang: str) -> str:
     return caption(digit, lang, 0)
 
 
+def parse_caption(text: str, lang: str) -> int | None:
+    """The digit a caption in any template names, or None if ``text`` is not a well-formed caption."""
+    check_lang(lang)
+    text = text.strip()
+    for d in range(10):
+        for t in range(len(ZH_TEMPLATES if lang == "zh" else EN_TEMPLATES)):
+            if caption(d, lang, t) == text:
+                return d
+    return None
+
+
 def all_captions() -> list[str]:
     """Every caption any digits example can have, both languages, in a fixed order."""
     out = [

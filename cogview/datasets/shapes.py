@@ -10,6 +10,7 @@ exact palette RGB. Shapes are 12-14 px wide at 32 px so that an 8x8-code VQ-VAE 
 
 from __future__ import annotations
 
+import functools
 import random
 from dataclasses import dataclass
 from typing import Any
@@ -210,23 +211,39 @@ def canonical_caption(attrs: dict[str, Any], lang: str) -> str:
 
 def all_captions() -> list[str]:
     """Every caption any shapes example can have, both languages, in a fixed order."""
-    out: list[str] = []
-    for lang, templates in (("zh", ZH_TEMPLATES), ("en", EN_TEMPLATES)):
-        for t in range(len(templates)):
-            for shape in SHAPES:
-                for colour in COLOURS:
-                    for background in COLOURS:
-                        if background == colour:
-                            continue
-                        for position in POSITIONS:
-                            attrs = {
-                                "shape": shape,
-                                "colour": colour,
-                                "background": background,
-                                "position": position,
-                            }
-                            out.append(caption(attrs, lang, t))
-    return list(dict.fromkeys(out))
+    return [
+        text
+        for lang in ("zh", "en")
+        for text, attrs in _caption_index(lang).items()
+        if attrs["colour"] != attrs["background"]
+    ]
+
+
+@functools.cache
+def _caption_index(lang: str) -> dict[str, dict[str, str]]:
+    index: dict[str, dict[str, str]] = {}
+    templates = ZH_TEMPLATES if lang == "zh" else EN_TEMPLATES
+    for t in range(len(templates)):
+        for shape in SHAPES:
+            for colour in COLOURS:
+                for background in COLOURS:
+                    for position in POSITIONS:
+                        attrs = {
+                            "shape": shape,
+                            "colour": colour,
+                            "background": background,
+                            "position": position,
+                        }
+                        index.setdefault(caption(attrs, lang, t), attrs)
+    return index
+
+
+def parse_caption(text: str, lang: str) -> dict[str, str] | None:
+    """The attributes (shape, colour, background, position) a caption in any template states, or
+    None if ``text`` is not a well-formed caption (how generated captions are checked)."""
+    check_lang(lang)
+    found = _caption_index(lang).get(text.strip())
+    return dict(found) if found is not None else None
 
 
 class ShapesDataset(ExampleSequence):

@@ -58,7 +58,9 @@ def evaluate_alignment(
     images_out = []
     started = time.perf_counter()
     for k, (prompt, attrs) in enumerate(tqdm(prompts, desc=f"{dataset}/{lang}", disable=not progress)):
-        images = pipe.generate(prompt, num_images=images_per_prompt, seed=seed + k, guidance_scale=guidance_scale, **sampling)
+        images = pipe.generate(
+            prompt, num_images=images_per_prompt, seed=seed + k, guidance_scale=guidance_scale, **sampling
+        )
         images_out.append((prompt, images))
         if dataset == "shapes":
             for im in images:

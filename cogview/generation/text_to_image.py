@@ -11,12 +11,11 @@ of compute dtype. Images are decoded with clamping, not the original's min-max s
 from __future__ import annotations
 
 import copy
-import hashlib
 import logging
 import math
 import secrets
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -25,21 +24,25 @@ import torch
 from PIL import Image
 
 from cogview.data import sequences
+from cogview.generation.batching import (
+    image_seed,
+    image_uniforms,
+    progress_bar,
+    resolve_dtype,
+    run_chunked,
+)
+from cogview.generation.components import Components
 from cogview.generation.decode import PromptState, prefill, sample_tokens
 from cogview.generation.sampling import SamplingConfig
 from cogview.model import CogViewTransformer
 from cogview.tokenizers.image import ImageTokenizer
-from cogview.tokenizers.text import TextTokenizer
+from cogview.tokenizers.text import TextTokenizer, is_cjk
 from cogview.tokenizers.vocab import Vocabulary
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-# Compute dtype when none is given. CPU: float32 (see docs/generation.md: bfloat16 was not
-# faster overall on our CPUs without native bf16 instructions); GPU: bfloat16.
-DEFAULT_DTYPES = {"cpu": torch.float32, "cuda": torch.bfloat16}
 # Layout tokens around the text: [ROI1] before it, [BASE] [BOI1] after it.
 PROMPT_OVERHEAD = 3
 DEFAULT_MAX_BATCH_SIZE = 16
@@ -54,78 +57,7 @@ DEFAULT_SAMPLING: dict[str, SamplingConfig] = {
 
 def prompt_kind(prompt: str) -> str:
     """``"zh"`` for a prompt holding CJK characters, else ``"en"``: the kinds sampling defaults are keyed by."""
-    for ch in prompt:
-        o = ord(ch)
-        if 0x3400 <= o <= 0x9FFF or 0xF900 <= o <= 0xFAFF or 0x20000 <= o <= 0x2FA1F:
-            return "zh"
-    return "en"
-
-
-def image_seed(seed: int, index: int) -> int:
-    """Seed of image ``index`` of a call with ``seed``: a 63-bit hash, so streams never overlap by offset."""
-    digest = hashlib.sha256(f"cogview-image:{int(seed)}:{int(index)}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") >> 1
-
-
-def image_uniforms(seeds: Sequence[int], steps: int) -> torch.Tensor:
-    """``[N, steps]`` uniforms, row n from a CPU generator seeded with ``seeds[n]`` (device independent)."""
-    return torch.stack(
-        [torch.rand(steps, generator=torch.Generator().manual_seed(s)) for s in seeds]
-    )  # [N, steps]
-
-
-def resolve_dtype(dtype: torch.dtype | str | None, device: torch.device) -> torch.dtype:
-    """The compute dtype for ``device``: the given one (checked) or the device's default."""
-    if dtype is None:
-        return DEFAULT_DTYPES.get(device.type, torch.float32)
-    if isinstance(dtype, str):
-        if dtype not in DTYPES:
-            raise ValueError(f"dtype {dtype!r} is not one of {sorted(DTYPES)}")
-        dtype = DTYPES[dtype]
-    if dtype not in DTYPES.values():
-        raise ValueError(f"dtype {dtype} is not one of {sorted(DTYPES)}")
-    if dtype == torch.float16 and device.type == "cpu":
-        raise ValueError(
-            "float16 is not supported for generation on CPU (no fast kernels, and activations can "
-            "overflow); use bfloat16 or float32 there, float16 on a GPU"
-        )
-    return dtype
-
-
-def is_out_of_memory(error: BaseException) -> bool:
-    """Whether ``error`` reports an exhausted device or host allocator."""
-    if isinstance(error, torch.OutOfMemoryError):
-        return True
-    message = str(error)
-    return isinstance(error, RuntimeError) and (
-        "out of memory" in message or "can't allocate memory" in message
-    )
-
-
-def run_chunked(n: int, max_batch_size: int, run: Callable[[int, int], T]) -> list[T]:
-    """``run(start, size)`` over ``[0, n)`` in chunks of at most ``max_batch_size``.
-
-    On an out-of-memory error the chunk size is halved and the chunk retried (down to 1, then the
-    error is raised); later chunks keep the smaller size. Returns the results in order.
-    """
-    if max_batch_size < 1:
-        raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
-    results: list[T] = []
-    start, size = 0, max_batch_size
-    while start < n:
-        size = min(size, n - start)
-        try:
-            results.append(run(start, size))
-        except (torch.OutOfMemoryError, RuntimeError) as e:
-            if not is_out_of_memory(e) or size == 1:
-                raise
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-            logger.warning("out of memory at batch size %d; retrying with %d", size, size // 2)
-            size //= 2
-            continue
-        start += size
-    return results
+    return "zh" if any(is_cjk(ch) for ch in prompt) else "en"
 
 
 @dataclass(frozen=True)
@@ -141,6 +73,7 @@ class PromptResult:
     truncated: bool
     codes: torch.Tensor  # [N, h, w] VQ codes
     images: list[Image.Image]
+    rerank: dict[str, Any] | None = None  # candidates' scores and which was kept, when reranked
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able record (everything but the codes and images)."""
@@ -153,10 +86,11 @@ class PromptResult:
             "num_images": len(self.images),
             "prompt_tokens": self.prompt_tokens,
             "truncated": self.truncated,
+            **({"rerank": self.rerank} if self.rerank is not None else {}),
         }
 
 
-class TextToImage:
+class TextToImage(Components):
     """Generate images for text prompts with a CogView transformer and its two tokenizers.
 
     Args:
@@ -179,25 +113,7 @@ class TextToImage:
         text_budget: int | None = None,
         sampling: Mapping[str, SamplingConfig] | None = None,
     ) -> None:
-        if vocab.size != transformer.config.vocab_size:
-            raise ValueError(
-                f"vocabulary size {vocab.size} differs from the transformer's vocab_size "
-                f"{transformer.config.vocab_size}: they were not trained together"
-            )
-        if vocab.image_size != image_tokenizer.codebook_size:
-            raise ValueError(
-                f"vocabulary has {vocab.image_size} image codes but the image tokenizer has "
-                f"{image_tokenizer.codebook_size}: pass the image tokenizer the model was trained with"
-            )
-        if vocab.text_size != text_tokenizer.vocab_size:
-            raise ValueError(
-                f"vocabulary has {vocab.text_size} text pieces but the text tokenizer has "
-                f"{text_tokenizer.vocab_size}: pass the text tokenizer the model was trained with"
-            )
-        self.transformer = transformer.eval()
-        self.text_tokenizer = text_tokenizer
-        self.image_tokenizer = image_tokenizer
-        self.vocab = vocab
+        super().__init__(transformer, text_tokenizer, image_tokenizer, vocab)
         n_codes = image_tokenizer.grid_size**2
         room = transformer.config.max_seq_len - PROMPT_OVERHEAD - n_codes
         if room < 0:
@@ -217,10 +133,6 @@ class TextToImage:
     def num_tokens(self) -> int:
         """Image codes per image (the number of decode steps)."""
         return self.image_tokenizer.grid_size**2
-
-    @property
-    def device(self) -> torch.device:
-        return self.transformer.tok_embeddings.weight.device
 
     # --- prompts ---------------------------------------------------------------------------------
 
@@ -319,7 +231,7 @@ class TextToImage:
         encoded = [(p, *self.prompt_tokens(p), self.settings_for(p, **overrides)) for p in prompt_list]
         model = self.model_in(compute_dtype)
         results = []
-        bar = _progress_bar(progress, len(prompt_list) * num_images * self.num_tokens)
+        bar = progress_bar(progress, len(prompt_list) * num_images * self.num_tokens)
         try:
             for prompt, tokens, truncated, settings in encoded:
                 seeds = [image_seed(seed, i) for i in range(num_images)]
@@ -395,14 +307,6 @@ class TextToImage:
             if bar is not None and done < uniforms.shape[1]:  # a retried chunk: rewind the bar
                 bar.update(-done * uniforms.shape[0])
         return out
-
-
-def _progress_bar(enabled: bool, total: int) -> Any:
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, unit="tok", desc="generating", leave=False, dynamic_ncols=True)
 
 
 def sampling_from_dict(data: Mapping[str, Any]) -> dict[str, SamplingConfig]:

@@ -297,6 +297,35 @@ class TextTokenizer:
         """The pieces of ``text`` as strings (for inspection; "▁" marks a space)."""
         return [self._sp.id_to_piece(i) for i in self.encode(text)]
 
+    def language_ids(self, lang: str) -> list[int]:
+        """SentencePiece ids that can occur in text of ``lang`` ("zh" or "en"), for constrained decoding.
+
+        A piece holding a CJK character is Chinese, one holding an ASCII letter is English, and
+        pieces with neither (digits, punctuation, spaces) belong to both. Byte-fallback pieces of
+        multi-byte characters count as Chinese (they spell rare CJK); an ASCII byte counts as the
+        character it is. Control and unknown pieces belong to none.
+        """
+        if lang not in ("zh", "en"):
+            raise ValueError(f"language must be 'zh' or 'en', got {lang!r}")
+        out = []
+        for i in range(self.vocab_size):
+            if self._sp.is_control(i) or self._sp.is_unknown(i):
+                continue
+            if self._sp.is_byte(i):
+                value = self._byte_value.get(i, 0x80)
+                if value >= 0x80:  # part of a multi-byte character: spells rare CJK
+                    if lang == "zh":
+                        out.append(i)
+                    continue
+                piece = chr(value)
+            else:
+                piece = self._sp.id_to_piece(i)
+            cjk = any(is_cjk(ch) for ch in piece)
+            latin = any(ch.isascii() and ch.isalpha() for ch in piece)
+            if (lang == "zh" and not latin) or (lang == "en" and not cjk):
+                out.append(i)
+        return out
+
     def _drop_partial_character(self, ids: list[int]) -> list[int]:
         """Drop trailing byte pieces that start a UTF-8 character without finishing it."""
         n_trailing = 0
@@ -329,6 +358,18 @@ class TextTokenizer:
                 f"vocabulary has text_size={vocab.text_size} but this tokenizer has {self.vocab_size} "
                 f"pieces; build the Vocabulary with text_size=tokenizer.vocab_size"
             )
+
+
+def is_cjk(ch: str) -> bool:
+    """Whether ``ch`` is a CJK ideograph or CJK/full-width punctuation."""
+    o = ord(ch)
+    return (
+        0x3400 <= o <= 0x9FFF
+        or 0xF900 <= o <= 0xFAFF
+        or 0x3000 <= o <= 0x303F
+        or 0xFF00 <= o <= 0xFFEF
+        or 0x20000 <= o <= 0x2FA1F
+    )
 
 
 def train_default(out_dir: str | os.PathLike) -> TextTokenizer:

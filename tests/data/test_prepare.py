@@ -144,8 +144,49 @@ def test_refuses_non_empty_folder_and_changed_settings(
         prepare("shapes", out, **kwargs)
     with pytest.raises(ValueError, match="made with other settings .*text_budget: 32 -> 8"):
         prepare("shapes", out, resume=True, text_budget=8, **kwargs)
-    with pytest.raises(ValueError, match="super-resolution issue"):
-        prepare("shapes", tmp_path / "sr", tasks=("super_resolution",), **kwargs)
+    with pytest.raises(ValueError, match="sr_window must be between 1"):
+        prepare("shapes", tmp_path / "sr", tasks=("super_resolution",), sr_window=99, **kwargs)
+
+
+def test_super_resolution_rows_hold_aligned_windows_of_both_sizes(
+    tmp_path: Path, image_tokenizer: ImageTokenizer, text_tokenizer: TextTokenizer
+) -> None:
+    from cogview import datasets
+    from cogview.data.prepare import default_vocab
+    from cogview.data.windows import magnify_windows
+
+    vocab = default_vocab(image_tokenizer, text_tokenizer)
+    manifest = prepare(
+        "shapes", tmp_path / "sr", image_tokenizer=image_tokenizer, text_tokenizer=text_tokenizer,
+        tasks=("super_resolution",), languages=("en",), text_budget=16, sr_window=4, max_examples=3,
+        progress=False,
+    )  # fmt: skip
+    w = 4
+    assert manifest["seq_len"] == 8 + 16 + w * w + (2 * w) ** 2
+    assert manifest["rows_per_task"] == {"super_resolution": 3}
+    rows = TokenShards.open(tmp_path / "sr")
+    size = image_tokenizer.image_size
+    low_ds, high_ds = (
+        datasets.load("shapes", "train", size=size),
+        datasets.load("shapes", "train", size=2 * size),
+    )
+    for i in range(3):
+        row = np.asarray(rows[i])
+        roi2 = int(np.flatnonzero(row == vocab.token_id("[ROI2]"))[0])
+        boi1 = int(np.flatnonzero(row == vocab.token_id("[BOI1]"))[0])
+        assert row[0] == vocab.token_id("[ROI1]") and row[roi2 + 1] == vocab.token_id("[POS0]")
+        low_crop = row[boi1 + 1 : boi1 + 1 + w * w].reshape(w, w)
+        high = row[roi2 + 4 : roi2 + 4 + 4 * w * w].reshape(2 * w, 2 * w)
+        low_codes = image_tokenizer.encode([low_ds[i].image]).numpy()[0]
+        high_codes = image_tokenizer.encode([high_ds[i].image], size=2 * size).numpy()[0]
+        # The row's window is one of the magnify windows, and its 2x part covers the same pixels.
+        matches = [
+            win
+            for win in magnify_windows(*low_codes.shape, w)
+            if np.array_equal(win.low(low_codes), low_crop)
+            and np.array_equal(high_codes[win.high_slices()], high)
+        ]
+        assert matches, f"row {i} does not hold an aligned window pair"
 
 
 @pytest.mark.parametrize(("interrupt_at_call", "chunks_done"), [(1, []), (4, [0])])

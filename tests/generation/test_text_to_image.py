@@ -190,7 +190,7 @@ def test_out_of_memory_at_batch_one_and_other_errors_propagate(parts) -> None:
 def test_save_and_load_round_trip(pipe: CogViewPipeline, tmp_path: Path) -> None:
     pipe.save_pretrained(tmp_path / "m")
     meta = json.loads((tmp_path / "m" / "pipeline.json").read_text())
-    assert meta["jobs"] == ["text_to_image"] and meta["vocab"] == pipe.vocab.to_dict()
+    assert meta["jobs"] == {"text_to_image": "transformer"} and meta["vocab"] == pipe.vocab.to_dict()
     assert meta["sampling"]["text_to_image"]["zh"]["guidance_scale"] == 3.0
     loaded = CogViewPipeline.from_pretrained(tmp_path / "m")
     assert loaded.text_to_image.sampling == pipe.text_to_image.sampling

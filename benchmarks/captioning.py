@@ -1,0 +1,128 @@
+"""Captioning and caption-likelihood scoring, measured with the datasets' own captions.
+
+- Captioning: greedy captions of held-out images (digits test split, shapes test scenes) in both
+  languages, parsed back into attributes (``parse_caption``); a caption that is not well formed
+  counts as wrong.
+- Scoring as a classifier: for each test digit, the canonical prompt of every digit is scored
+  against the image; right when the true digit's prompt scores highest.
+
+    python benchmarks/captioning.py [--model DIR | --caption-model RUN/model] [-n 200]
+
+Prints a table and writes benchmarks/results/captioning.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from cogview import datasets
+from cogview.datasets import digits, shapes
+from cogview.pipeline import CogViewPipeline
+
+FIELDS = ("colour", "shape", "background", "position")
+
+
+def load(args: argparse.Namespace) -> CogViewPipeline:
+    if args.caption_model:
+        return CogViewPipeline.from_components({"image_to_text": args.caption_model})
+    return CogViewPipeline.from_pretrained(args.model)
+
+
+def caption_digits(pipe: CogViewPipeline, n: int, lang: str, batch: int) -> dict[str, float]:
+    ds = datasets.load("digits", "test")
+    n = min(n, len(ds))
+    examples = [ds[i] for i in range(n)]
+    captions = pipe.caption([e.image for e in examples], lang, max_batch_size=batch)
+    right = [
+        digits.parse_caption(c, lang) == e.attributes["digit"]
+        for c, e in zip(captions, examples, strict=True)
+    ]
+    well_formed = [digits.parse_caption(c, lang) is not None for c in captions]
+    return {"n": n, "accuracy": sum(right) / n, "well_formed": sum(well_formed) / n, "examples": captions[:5]}
+
+
+def caption_shapes(pipe: CogViewPipeline, n: int, lang: str, batch: int) -> dict[str, float]:
+    ds = datasets.load("shapes", "test")
+    examples = [ds[i] for i in range(n)]
+    captions = pipe.caption([e.image for e in examples], lang, max_batch_size=batch)
+    parsed = [shapes.parse_caption(c, lang) for c in captions]
+    out: dict[str, float] = {"n": n, "well_formed": sum(p is not None for p in parsed) / n}
+    for f in FIELDS:
+        out[f] = (
+            sum(p is not None and p[f] == e.attributes[f] for p, e in zip(parsed, examples, strict=True)) / n
+        )
+    out["colour_shape_background"] = (
+        sum(
+            p is not None and all(p[f] == e.attributes[f] for f in ("colour", "shape", "background"))
+            for p, e in zip(parsed, examples, strict=True)
+        )
+        / n
+    )
+    out["all_four"] = (
+        sum(
+            p is not None and all(p[f] == e.attributes[f] for f in FIELDS)
+            for p, e in zip(parsed, examples, strict=True)
+        )
+        / n
+    )
+    out["examples"] = captions[:5]
+    return out
+
+
+def score_digits(pipe: CogViewPipeline, n: int, lang: str, batch: int) -> dict[str, float]:
+    ds = datasets.load("digits", "test")
+    n = min(n, len(ds))
+    examples = [ds[i] for i in range(n)]
+    captioner = pipe.captioner
+    codes = captioner.codes([e.image for e in examples])  # [n, h, w]
+    prompts = [digits.canonical_caption(d, lang) for d in range(10)]
+    pair_codes = codes.repeat_interleave(10, dim=0)
+    scores, _ = captioner.log_likelihoods(pair_codes, prompts * n, max_batch_size=batch)
+    predicted = scores.view(n, 10).argmax(1)
+    truth = torch.tensor([e.attributes["digit"] for e in examples])
+    return {"n": n, "accuracy": float((predicted == truth).float().mean())}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=None, help="model folder (default: the shipped model)")
+    p.add_argument(
+        "--caption-model", default=None, help="a caption transformer folder from training (RUN/model)"
+    )
+    p.add_argument("-n", type=int, default=200, help="test images per dataset (digits: at most 297)")
+    p.add_argument("--batch", type=int, default=32, help="batch size")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", default="benchmarks/results/captioning.json")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    pipe = load(args)
+    started = time.perf_counter()
+    results = {}
+    for lang in ("zh", "en"):
+        results[f"digits_{lang}"] = caption_digits(pipe, args.n, lang, args.batch)
+        results[f"shapes_{lang}"] = caption_shapes(pipe, args.n, lang, args.batch)
+        results[f"score_digits_{lang}"] = score_digits(pipe, args.n, lang, args.batch)
+    seconds = time.perf_counter() - started
+    print(f"{'measure':<28} {'zh':>8} {'en':>8}")
+    rows = [
+        ("digits caption accuracy", "digits", "accuracy"),
+        ("shapes colour+shape+bg", "shapes", "colour_shape_background"),
+        ("shapes all four fields", "shapes", "all_four"),
+        ("shapes well-formed", "shapes", "well_formed"),
+        ("digit scoring as classifier", "score_digits", "accuracy"),
+    ]
+    for name, key, field in rows:
+        print(f"{name:<28} {results[key + '_zh'][field]:>8.1%} {results[key + '_en'][field]:>8.1%}")
+    print(f"({seconds:.0f} s)")
+    record = {"args": vars(args), "seconds": seconds, "results": results}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n")
+
+
+if __name__ == "__main__":
+    main()

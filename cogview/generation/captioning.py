@@ -1,0 +1,261 @@
+"""Image-to-text: captioning and caption-likelihood scoring ("CapS", SPEC 3.5, 3.6).
+
+Both use the image-first layout ``[BASE] [BOI1] codes [EOI1] [ROI1] text [EOT]``. Captioning
+samples text after ``[ROI1]`` with only the pieces of the requested language (and ``[EOT]``)
+allowed, and stops at ``[EOT]`` instead of the original's fixed 20 tokens. Scoring is one causal
+forward pass over a batch of (image, text) pairs: with image-code logits masked out, the score is
+``sum_k log p(text_k | image, text_<k)`` over the text and its ``[EOT]``; CapLoss is its negative
+mean over those tokens (SPEC 5). Scores rank candidate images for a prompt (post-selection) and,
+over a set of prompts, classify an image.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from PIL import Image
+
+from cogview.generation.batching import image_seed, image_uniforms, progress_bar, resolve_dtype, run_chunked
+from cogview.generation.components import Components
+from cogview.generation.decode import decode_one_token
+from cogview.generation.sampling import SamplingConfig, process_logits, sample_from_uniform
+from cogview.model import CogViewTransformer
+from cogview.tokenizers.image import ImageTokenizer
+from cogview.tokenizers.text import TextTokenizer
+from cogview.tokenizers.vocab import Vocabulary
+
+# The most likely caption unless told otherwise: captions are answers, not samples.
+DEFAULT_CAPTION_SAMPLING = SamplingConfig(temperature=1.0, top_k=1)
+LANGUAGES = ("zh", "en")
+# [BASE] [BOI1] before the codes, [EOI1] [ROI1] after them; [EOT] ends the text.
+PREFIX_OVERHEAD, END_TOKENS = 4, 1
+DEFAULT_MAX_BATCH_SIZE = 16
+
+Images = Image.Image | Sequence[Image.Image] | torch.Tensor
+
+
+class Captioner(Components):
+    """Caption images and score texts against images with an image-to-text CogView transformer.
+
+    Args:
+        transformer: a model trained on image-to-text rows (``cogview prepare --tasks image_to_text``).
+        text_budget: the most text tokens of a caption or scored text; None: what fits
+            ``max_seq_len`` after the image.
+        sampling: default sampling settings for :meth:`caption`.
+    """
+
+    def __init__(
+        self,
+        transformer: CogViewTransformer,
+        text_tokenizer: TextTokenizer,
+        image_tokenizer: ImageTokenizer,
+        vocab: Vocabulary,
+        *,
+        text_budget: int | None = None,
+        sampling: SamplingConfig | None = None,
+    ) -> None:
+        super().__init__(transformer, text_tokenizer, image_tokenizer, vocab)
+        if "[EOT]" not in vocab.extra_tokens:
+            raise ValueError("captioning ends captions with [EOT]; this vocabulary has no [EOT] token")
+        room = transformer.config.max_seq_len - self.prefix_length - END_TOKENS
+        if room < 1:
+            raise ValueError(
+                f"max_seq_len={transformer.config.max_seq_len} leaves no room for text after "
+                f"{self.prefix_length} image-prefix tokens"
+            )
+        self.text_budget = room if text_budget is None else min(text_budget, room)
+        self.sampling = sampling or DEFAULT_CAPTION_SAMPLING
+        self._allowed: dict[str, torch.Tensor] = {}
+
+    @property
+    def prefix_length(self) -> int:
+        return self.image_tokenizer.grid_size**2 + PREFIX_OVERHEAD
+
+    def codes(self, images: Images) -> torch.Tensor:
+        """``[M, h, w]`` codes of images (PIL, resized and cropped to the tokenizer's size, or pixels)."""
+        if isinstance(images, Image.Image):
+            images = [images]
+        if not isinstance(images, torch.Tensor) and len(images) == 0:
+            raise ValueError("no images given")
+        return self.image_tokenizer.encode(images)
+
+    def prefix(self, codes: torch.Tensor) -> torch.Tensor:
+        """``[M, prefix_length]`` rows ``[BASE] [BOI1] codes [EOI1] [ROI1]`` for codes ``[M, h, w]``."""
+        v = self.vocab
+        M = codes.shape[0]
+        flat = codes.reshape(M, -1).long().cpu() + v.image_range.start  # [M, h*w]
+
+        def ids(*names: str) -> torch.Tensor:
+            return torch.tensor([v.token_id(n) for n in names]).expand(M, len(names))
+
+        return torch.cat([ids("[BASE]", "[BOI1]"), flat, ids("[EOI1]", "[ROI1]")], dim=1)
+
+    def allowed(self, language: str) -> torch.Tensor:
+        """``[V]`` bool mask of the ids a caption in ``language`` may use (its text pieces and [EOT])."""
+        if language not in LANGUAGES:
+            raise ValueError(f"language must be one of {LANGUAGES}, got {language!r}")
+        if language not in self._allowed:
+            mask = torch.zeros(self.vocab.size, dtype=torch.bool)
+            ids = self.vocab.text_to_unified(self.text_tokenizer.language_ids(language))
+            mask[torch.as_tensor(ids, dtype=torch.long)] = True
+            mask[self.vocab.token_id("[EOT]")] = True
+            self._allowed[language] = mask
+        return self._allowed[language]
+
+    # --- captioning ------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def caption(
+        self,
+        images: Images,
+        language: str = "zh",
+        num_captions: int = 1,
+        *,
+        seed: int | None = None,
+        temperature: float | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        max_tokens: int | None = None,
+        max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+        dtype: torch.dtype | str | None = None,
+        progress: bool = False,
+    ) -> list[str]:
+        """``num_captions`` captions per image in ``language``, image by image (flat list).
+
+        Caption j of image i samples from the stream :func:`image_seed` ``(seed, i * num_captions + j)``;
+        the default settings are greedy (top-k 1), so ``seed`` matters only with ``top_k`` > 1.
+        """
+        if isinstance(num_captions, bool) or not isinstance(num_captions, int) or num_captions < 1:
+            raise ValueError(f"num_captions must be a positive integer, got {num_captions!r}")
+        allowed = self.allowed(language)
+        settings = self.sampling.replace(temperature=temperature, top_k=top_k, top_p=top_p)
+        if settings.guided:
+            raise ValueError("captioning has no classifier-free guidance; leave guidance_scale at 1")
+        steps = self.text_budget + END_TOKENS if max_tokens is None else max_tokens
+        if not 1 <= steps <= self.text_budget + END_TOKENS:
+            raise ValueError(f"max_tokens must lie in [1, {self.text_budget + END_TOKENS}], got {max_tokens}")
+        rows = self.prefix(self.codes(images)).repeat_interleave(num_captions, dim=0)  # [R, P]
+        seed = secrets.randbits(62) if seed is None else seed
+        uniforms = image_uniforms([image_seed(seed, r) for r in range(len(rows))], steps)  # [R, steps]
+        model = self._model(dtype)
+        bar = progress_bar(progress, len(rows), desc="captioning")
+
+        def run(start: int, size: int) -> list[str]:
+            out = self._sample(
+                model, rows[start : start + size], uniforms[start : start + size], settings, allowed
+            )
+            if bar is not None:
+                bar.update(size)
+            return out
+
+        try:
+            return [c for chunk in run_chunked(len(rows), max_batch_size, run) for c in chunk]
+        finally:
+            if bar is not None:
+                bar.close()
+
+    def _sample(
+        self,
+        model: CogViewTransformer,
+        rows: torch.Tensor,
+        uniforms: torch.Tensor,
+        settings: SamplingConfig,
+        allowed: torch.Tensor,
+    ) -> list[str]:
+        n, steps = uniforms.shape
+        eot = self.vocab.token_id("[EOT]")
+        L = rows.shape[1]  # every row has the same length: one batched prefill
+        cache = model.new_cache(n, max_len=L + steps - 1, device=self.device)
+        logits = model(rows.to(self.device), torch.arange(L, device=self.device), cache, kv_len=L)[:, -1]
+        allowed = allowed.to(self.device)
+        no_end = allowed.clone()
+        no_end[eot] = False  # a caption has at least one piece
+        out = torch.full((n, steps), eot, dtype=torch.long)  # [n, steps]
+        finished = torch.zeros(n, dtype=torch.bool)
+        for i in range(steps):
+            mask = no_end if i == 0 else allowed
+            logits = process_logits(logits.masked_fill(~mask, float("-inf")), settings)  # [n, V]
+            ids = sample_from_uniform(logits, uniforms[:, i]).cpu()  # [n]
+            out[:, i] = torch.where(finished, eot, ids)
+            finished |= ids == eot
+            if bool(finished.all()) or i + 1 == steps:
+                break
+            position = torch.tensor([L + i], device=self.device)
+            logits = decode_one_token(model, out[:, i].to(self.device), position, cache, kv_len=L + i + 1)
+        texts = []
+        for row in out.tolist():
+            text = row[: row.index(eot)] if eot in row else row
+            texts.append(self.text_tokenizer.decode_unified(text, self.vocab).strip())
+        return texts
+
+    # --- scoring ---------------------------------------------------------------------------------
+
+    def text_ids(self, text: str) -> list[int]:
+        """Unified ids of ``text`` cut to the text budget, then ``[EOT]``."""
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError("empty text: give the prompt or caption to score")
+        ids = self.text_tokenizer.encode_unified(text, self.vocab, max_length=self.text_budget)
+        return ids + [self.vocab.token_id("[EOT]")]
+
+    @torch.inference_mode()
+    def log_likelihoods(
+        self,
+        codes: torch.Tensor,
+        texts: Sequence[str],
+        *,
+        max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+        dtype: torch.dtype | str | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scores of pairs (image ``codes[m]``, ``texts[m]``): ``(log p(text | image) [M], tokens [M])``.
+
+        Image-code logits are masked before the log-softmax (SPEC 3.5); ``[EOT]`` is scored as
+        the end of the text, so a longer text cannot win by being a prefix.
+        """
+        if len(texts) != codes.shape[0]:
+            raise ValueError(f"got {codes.shape[0]} images and {len(texts)} texts; pass one text per image")
+        prefix = self.prefix(codes)  # [M, P]
+        targets = [self.text_ids(t) for t in texts]
+        lengths = torch.tensor([len(t) for t in targets])  # [M]
+        T = int(lengths.max())
+        pad = self.vocab.token_id("[PAD]")
+        text = torch.full((len(texts), T), pad, dtype=torch.long)  # [M, T]
+        for m, t in enumerate(targets):
+            text[m, : len(t)] = torch.tensor(t)
+        tokens = torch.cat([prefix, text], dim=1)  # [M, P + T]
+        model = self._model(dtype)
+        image = self.vocab.image_range
+
+        def run(start: int, size: int) -> torch.Tensor:
+            batch = tokens[start : start + size].to(self.device)  # [b, P + T]
+            positions = torch.arange(batch.shape[1], device=self.device)
+            logits = model(batch[:, :-1], positions[:-1])[:, prefix.shape[1] - 1 :].float()  # [b, T, V]
+            logits[..., image.start : image.stop] = float("-inf")
+            logp = logits.log_softmax(-1).gather(-1, batch[:, prefix.shape[1] :, None])[..., 0]  # [b, T]
+            keep = torch.arange(T, device=self.device) < lengths[start : start + size, None].to(self.device)
+            return (logp * keep).sum(-1).cpu()  # [b]
+
+        return torch.cat(run_chunked(len(texts), max_batch_size, run)), lengths
+
+    def score(self, text: str, images: Images, **kwargs: Any) -> list[float]:
+        """``log p(text | image)`` for each image: higher means the image fits the text better."""
+        codes = self.codes(images)
+        scores, _ = self.log_likelihoods(codes, [text] * codes.shape[0], **kwargs)
+        return scores.tolist()
+
+    def caption_loss(self, text: str, images: Images, **kwargs: Any) -> list[float]:
+        """CapLoss per image (SPEC 5): the mean cross-entropy of ``text`` given the image; lower is better."""
+        codes = self.codes(images)
+        scores, lengths = self.log_likelihoods(codes, [text] * codes.shape[0], **kwargs)
+        return (-scores / lengths).tolist()
+
+    def _model(self, dtype: torch.dtype | str | None) -> CogViewTransformer:
+        compute = resolve_dtype(dtype, self.device)
+        weights = self.transformer.tok_embeddings.weight.dtype
+        if compute != weights and dtype is not None:
+            raise ValueError(
+                f"the caption model is loaded in {weights}; load the pipeline with dtype={compute} instead"
+            )
+        return self.transformer

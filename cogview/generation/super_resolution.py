@@ -1,0 +1,233 @@
+"""Token-space super-resolution: low-res codes condition the generation of 2x codes (SPEC 3.4).
+
+An image is tokenised at its own size (a multiple of the tokenizer's stride, at least one window)
+and magnified window by window (:func:`~cogview.data.windows.magnify_windows`): each window's
+sequence is ``[ROI1] text [BASE] [BOI1] low crop [EOI1] [ROI2] [POS0] [BASE] [BOI2]`` followed by
+the 2x window's codes in raster order, with positions restarting after ``[ROI2]`` (SPEC 1.2).
+Codes that earlier windows already produced are fed as they are (teacher forcing, in chunks, so
+they cost one forward pass per run of known codes); the others are sampled. Any image works, not
+only the generator's own samples: it is simply resized to the grid and tokenised.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from cogview.data import sequences
+from cogview.data.windows import Window, magnify_windows
+from cogview.generation.batching import image_seed, image_uniforms, progress_bar, run_chunked
+from cogview.generation.components import Components
+from cogview.generation.sampling import SamplingConfig, process_logits, sample_from_uniform
+from cogview.images import resize_center_crop
+from cogview.model import CogViewTransformer
+from cogview.tokenizers.image import ImageTokenizer
+from cogview.tokenizers.text import TextTokenizer
+from cogview.tokenizers.vocab import Vocabulary
+
+# Greedy: the 2x image is a reconstruction, and the most likely code is the sharpest guess.
+DEFAULT_SR_SAMPLING = SamplingConfig(temperature=1.0, top_k=1)
+DEFAULT_MAX_BATCH_SIZE = 16
+LAYOUT_TOKENS = 8  # [ROI1] [BASE] [BOI1] [EOI1] [ROI2] [POS0] [BASE] [BOI2]
+
+
+class SuperResolution(Components):
+    """Upscale images 2x with a transformer trained on super-resolution window rows.
+
+    Args:
+        window: low-res codes per window side, as in training (``cogview prepare --sr-window``).
+        stride: step between windows (default half a window, as the original).
+        text_budget: the most prompt tokens; None: what fits ``max_seq_len``.
+    """
+
+    def __init__(
+        self,
+        transformer: CogViewTransformer,
+        text_tokenizer: TextTokenizer,
+        image_tokenizer: ImageTokenizer,
+        vocab: Vocabulary,
+        *,
+        window: int = 8,
+        stride: int | None = None,
+        text_budget: int | None = None,
+        sampling: SamplingConfig | None = None,
+    ) -> None:
+        super().__init__(transformer, text_tokenizer, image_tokenizer, vocab)
+        room = transformer.config.max_seq_len - LAYOUT_TOKENS - window**2 - (2 * window) ** 2
+        if room < 0:
+            raise ValueError(
+                f"max_seq_len={transformer.config.max_seq_len} cannot hold a {window}x{window} window "
+                f"and its 2x window; was the model trained with another window size?"
+            )
+        self.window = window
+        self.stride = stride
+        self.text_budget = room if text_budget is None else min(text_budget, room)
+        self.sampling = sampling or DEFAULT_SR_SAMPLING
+
+    @property
+    def pixels_per_code(self) -> int:
+        return 2**self.image_tokenizer.config.n_down
+
+    def input_size(self, image: Image.Image) -> int:
+        """The square side an input is tokenised at: its shorter side, rounded down to whole codes."""
+        side = min(image.size) // self.pixels_per_code * self.pixels_per_code
+        smallest = self.window * self.pixels_per_code
+        if side < smallest:
+            raise ValueError(
+                f"image of {image.size[0]}x{image.size[1]} px is smaller than one super-resolution window "
+                f"({smallest}x{smallest} px); upscale it conventionally first"
+            )
+        return side
+
+    def text_ids(self, prompt: str | None) -> list[int]:
+        """Unified ids of the optional prompt, cut to the text budget (empty: no prompt)."""
+        if prompt is None or not prompt.strip():
+            return []
+        return self.text_tokenizer.encode_unified(prompt, self.vocab, max_length=self.text_budget)
+
+    @torch.inference_mode()
+    def upscale(
+        self,
+        images: Image.Image | Sequence[Image.Image],
+        prompt: str | None = None,
+        *,
+        seed: int | None = None,
+        temperature: float | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+        progress: bool = False,
+    ) -> list[Image.Image]:
+        """Each image at twice its (square, code-aligned) size; images of one size share batches."""
+        single = isinstance(images, Image.Image)
+        images = [images] if single else list(images)
+        if not images:
+            raise ValueError("no images given")
+        settings = self.sampling.replace(temperature=temperature, top_k=top_k, top_p=top_p)
+        seed = secrets.randbits(62) if seed is None else seed
+        text = self.text_ids(prompt)
+        out: list[Image.Image | None] = [None] * len(images)
+        by_size: dict[int, list[int]] = {}
+        for i, im in enumerate(images):
+            by_size.setdefault(self.input_size(im), []).append(i)
+        for size, index in by_size.items():
+            group = [resize_center_crop(images[i], size) for i in index]
+            upscaled = self._upscale_group(group, index, text, seed, settings, max_batch_size, progress)
+            for i, im in zip(index, upscaled, strict=True):
+                out[i] = im
+        return [im for im in out if im is not None]
+
+    def _upscale_group(
+        self,
+        images: list[Image.Image],
+        index: list[int],
+        text: list[int],
+        seed: int,
+        settings: SamplingConfig,
+        max_batch_size: int,
+        progress: bool,
+    ) -> list[Image.Image]:
+        """Upscale images of one size; image ``index[j]`` of the call draws from stream ``image_seed(seed, index[j])``."""
+        low = self.image_tokenizer.encode(images, size=images[0].size[0])  # [n, h, w] at their own size
+        wins = magnify_windows(low.shape[1], low.shape[2], self.window, self.stride)
+        steps = len(wins) * (2 * self.window) ** 2
+        uniforms = image_uniforms([image_seed(seed, i) for i in index], steps)  # [n, steps]
+        bar = progress_bar(progress, len(index) * len(wins), desc="upscaling")
+
+        def run(start: int, n: int) -> torch.Tensor:
+            return self.magnify(
+                low[start : start + n], text, wins, uniforms[start : start + n], settings, bar
+            )
+
+        try:
+            high = torch.cat(run_chunked(len(index), max_batch_size, run))  # [n, 2h, 2w]
+        finally:
+            if bar is not None:
+                bar.close()
+        return self.image_tokenizer.decode(high)
+
+    def magnify(
+        self,
+        low: torch.Tensor,
+        text: list[int],
+        wins: list[Window],
+        uniforms: torch.Tensor,
+        settings: SamplingConfig,
+        bar: object = None,
+    ) -> torch.Tensor:
+        """2x codes ``[n, 2h, 2w]`` of low-res codes ``[n, h, w]``, window by window."""
+        n, h, w = low.shape
+        high = torch.zeros(n, 2 * h, 2 * w, dtype=torch.long)
+        known = torch.zeros(2 * h, 2 * w, dtype=torch.bool)  # the same for every row
+        per_window = (2 * self.window) ** 2
+        for k, win in enumerate(wins):
+            rows, cols = win.high_slices()
+            high[:, rows, cols] = self._window(
+                low[:, win.top : win.top + win.size, win.left : win.left + win.size],
+                high[:, rows, cols],
+                known[rows, cols],
+                text,
+                uniforms[:, k * per_window : (k + 1) * per_window],
+                settings,
+            )
+            known[rows, cols] = True
+            if bar is not None:
+                bar.update(n)
+        return high
+
+    def _prefix(self, text: list[int], low_crop: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tokens ``[n, P]`` and positions ``[P + (2 * window)**2]`` of one window's sequence."""
+        s = 2 * self.window
+        template = sequences.super_resolution_window(
+            np.asarray(text, dtype=np.int64), low_crop[0].numpy(), np.zeros((s, s), np.int64), self.vocab
+        )
+        P = len(template.tokens) - s * s
+        crops = low_crop.reshape(low_crop.shape[0], -1) + self.vocab.image_range.start  # [n, w*w]
+        head = torch.from_numpy(template.tokens[: P - 5 - crops.shape[1]].copy())
+        tail = torch.from_numpy(template.tokens[P - 5 : P].copy())
+        n = low_crop.shape[0]
+        tokens = torch.cat([head.expand(n, -1), crops, tail.expand(n, -1)], dim=1)  # [n, P]
+        return tokens, torch.from_numpy(template.positions.copy())
+
+    def _window(
+        self,
+        low_crop: torch.Tensor,
+        current: torch.Tensor,
+        known: torch.Tensor,
+        text: list[int],
+        uniforms: torch.Tensor,
+        settings: SamplingConfig,
+    ) -> torch.Tensor:
+        """Codes ``[n, s, s]`` of one 2x window: known ones kept, the others sampled in raster order."""
+        n, s = low_crop.shape[0], 2 * self.window
+        tokens, positions = self._prefix(text, low_crop)  # [n, P], [P + s*s]
+        P, dev = tokens.shape[1], self.device
+        positions = positions.to(dev)
+        slots = torch.arange(P + s * s, device=dev)
+        model = self.transformer
+        cache = model.new_cache(n, max_len=P + s * s - 1, device=dev)
+        logits = model(tokens.to(dev), positions[:P], cache, slots[:P], kv_len=P)[:, -1]  # [n, V]
+        image = self.vocab.image_range
+        flat_known = known.reshape(-1)
+        out = current.reshape(n, -1).clone()  # [n, s*s] raw codes
+        t = 0
+        while t < s * s:
+            if flat_known[t]:  # feed the run of known codes t .. e-1 in one pass
+                e = t
+                while e < s * s and flat_known[e]:
+                    e += 1
+            else:
+                ids = process_logits(logits[:, image.start : image.stop], settings)  # [n, K]
+                out[:, t] = sample_from_uniform(ids, uniforms[:, t]).cpu()
+                e = t + 1
+            if e >= s * s:
+                break
+            feed = out[:, t:e].to(dev) + image.start  # [n, e - t]
+            span = slice(P + t, P + e)
+            logits = model(feed, positions[span], cache, slots[span], kv_len=P + e)[:, -1]  # [n, V]
+            t = e
+        return out.view(n, s, s)
