@@ -1,26 +1,43 @@
-"""``cogview train``: train the CogView transformer on token shards from a config file."""
+"""``cogview train`` (transformer training, one process or under torchrun) and ``cogview consolidate``."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 
 from cogview.cli.common import parse_overrides, read_config_file
+from cogview.training.config import STRATEGIES
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from cogview.training.config import TrainConfig, apply_overrides
+    from cogview.training.distributed import RankZeroFilter, launched_rank
     from cogview.training.loop import TrainingDiverged, train
 
     raw = apply_overrides(read_config_file(args.config), parse_overrides(args.set or []))
+    if args.strategy:
+        raw["strategy"] = args.strategy
     cfg = TrainConfig.from_dict(raw)
+    rank = launched_rank()
+    for handler in logging.getLogger().handlers:  # one log for a torchrun job: rank 0's
+        handler.addFilter(RankZeroFilter(rank))
     try:
         result = train(cfg, args.out, resume=args.resume, max_steps=args.max_steps)
     except TrainingDiverged as e:
-        print(f"cogview train: {e}", file=sys.stderr)
+        if rank == 0:
+            print(f"cogview train: {e}", file=sys.stderr)
         return 3
-    print(json.dumps(result, indent=2))
+    if rank == 0:
+        print(json.dumps(result, indent=2))
+    return 0
+
+
+def cmd_consolidate(args: argparse.Namespace) -> int:
+    from cogview.training.sharded_checkpoint import consolidate
+
+    print(consolidate(args.checkpoint, args.out))
     return 0
 
 
@@ -51,4 +68,22 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=int,
         help="stop after this step with a checkpoint (the schedule still targets the config's steps)",
     )
+    p.add_argument(
+        "--strategy",
+        choices=STRATEGIES,
+        help="data parallelism (overrides the config's strategy): ddp, fsdp or deepspeed under torchrun, "
+        "e.g. torchrun --nproc_per_node 8 -m cogview train ... --strategy fsdp (docs/scaling.md)",
+    )
     p.set_defaults(func=cmd_train)
+
+    c = sub.add_parser(
+        "consolidate",
+        help="turn a training checkpoint (sharded or not) into a model folder for inference",
+        description="Gather the weights of OUT/checkpoints/step_N (written at any world size by any strategy) "
+        "into MODEL_DIR: config.json + model.safetensors + cogview.json, loadable with "
+        "CogViewTransformer.from_pretrained and CogViewPipeline.from_components. See docs/scaling.md.",
+        epilog="example: cogview consolidate runs/4b/checkpoints/step_00010000 --out runs/4b/model-10k",
+    )
+    c.add_argument("checkpoint", help="a checkpoint folder, OUT/checkpoints/step_N")
+    c.add_argument("--out", required=True, help="the model folder to write")
+    c.set_defaults(func=cmd_consolidate)

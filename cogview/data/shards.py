@@ -242,12 +242,11 @@ class TokenShards:
         Every rank gets ``len(self) // world_size`` rows (the remainder is left out) so that all
         ranks run the same number of steps.
         """
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank must lie in [0, world_size={world_size}), got {rank}")
-        per_rank = len(self) // world_size
-        if per_rank == 0:
-            raise ValueError(f"{len(self)} rows cannot be split over {world_size} ranks; prepare more data")
-        return np.arange(rank, per_rank * world_size, world_size, dtype=np.int64)
+        return _strided_rows(len(self), rank, world_size)
+
+    def rows_of_rank(self, indices: np.ndarray, rank: int, world_size: int) -> np.ndarray:
+        """The token rows this rank reads of a global batch of row ``indices`` (see :func:`rank_part`)."""
+        return self.rows(rank_part(indices, rank, world_size))
 
 
 class ShardMixture:
@@ -314,6 +313,45 @@ class ShardMixture:
 
     def __getitem__(self, index: int) -> np.ndarray:
         return self.rows(np.array([index]))[0]
+
+    def rows_for_rank(self, rank: int, world_size: int) -> np.ndarray:
+        """Every ``world_size``-th row of the virtual concatenation, as :meth:`TokenShards.rows_for_rank`."""
+        return _strided_rows(len(self), rank, world_size)
+
+    def rows_of_rank(self, indices: np.ndarray, rank: int, world_size: int) -> np.ndarray:
+        """The token rows this rank reads of a global batch of row ``indices`` (see :func:`rank_part`)."""
+        return self.rows(rank_part(indices, rank, world_size))
+
+
+def _strided_rows(n: int, rank: int, world_size: int) -> np.ndarray:
+    _check_rank(rank, world_size)
+    per_rank = n // world_size
+    if per_rank == 0:
+        raise ValueError(f"{n} rows cannot be split over {world_size} ranks; prepare more data")
+    return np.arange(rank, per_rank * world_size, world_size, dtype=np.int64)
+
+
+def _check_rank(rank: int, world_size: int) -> None:
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank must lie in [0, world_size={world_size}), got {rank}")
+
+
+def rank_part(indices: np.ndarray, rank: int, world_size: int) -> np.ndarray:
+    """Rank ``rank``'s contiguous block of a global batch: ``indices[rank * b : (rank + 1) * b]``.
+
+    Data-parallel training splits each global micro-batch into ``world_size`` equal blocks in
+    rank order, so the ranks together read exactly the rows, in the order, that one process
+    would read for the same global batch: losses and gradients match the single-process run.
+    """
+    _check_rank(rank, world_size)
+    indices = np.asarray(indices).reshape(-1)
+    if len(indices) % world_size:
+        raise ValueError(
+            f"a batch of {len(indices)} rows cannot be split evenly over {world_size} ranks; "
+            f"make batch_size a multiple of the number of processes"
+        )
+    b = len(indices) // world_size
+    return indices[rank * b : (rank + 1) * b]
 
 
 def open_data(spec: str | os.PathLike | list, **checks: Any) -> TokenShards | ShardMixture:

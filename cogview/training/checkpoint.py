@@ -23,6 +23,9 @@ import torch
 
 log = logging.getLogger(__name__)
 STATE_NAME = "state.pt"
+# Written next to config.json + model.safetensors: the vocabulary and the tokenizers' fingerprints
+# the model was trained with, so a pipeline can refuse to pair it with other tokenizers.
+MODEL_INFO_NAME = "cogview.json"
 _STEP_DIR = re.compile(r"^step_(\d{8})$")
 
 
@@ -75,18 +78,33 @@ def save_checkpoint(
     keep_last: int = 3,
 ) -> Path:
     """Write a complete checkpoint for ``step`` atomically and prune all but the last ``keep_last``."""
+    tmp = begin_checkpoint(out_dir, step)
+    save_model(tmp)
+    torch.save({"step": step, "rng": rng_state(), **state}, tmp / STATE_NAME)
+    return commit_checkpoint(out_dir, step, tmp, keep_last)
+
+
+def begin_checkpoint(out_dir: str | os.PathLike, step: int) -> Path:
+    """A fresh temporary folder for the checkpoint of ``step``; :func:`commit_checkpoint` publishes it."""
     root = Path(out_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
-    final = root / f"step_{step:08d}"
     tmp = root / f".tmp_step_{step:08d}_{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    save_model(tmp)
-    torch.save({"step": step, "rng": rng_state(), **state}, tmp / STATE_NAME)
-    for f in tmp.iterdir():
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
+    return tmp
+
+
+def commit_checkpoint(out_dir: str | os.PathLike, step: int, tmp: Path, keep_last: int = 3) -> Path:
+    """fsync every file under ``tmp``, rename it to ``step_N`` and prune all but the last ``keep_last``."""
+    root = Path(out_dir) / "checkpoints"
+    final = root / f"step_{step:08d}"
+    for f in sorted(tmp.rglob("*")):
+        if f.is_file():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+    for d in [p for p in tmp.rglob("*") if p.is_dir()]:
+        _fsync_dir(d)
     if final.exists():  # re-saving the same step (e.g. after a resume): replace it
         shutil.rmtree(final)
     os.replace(tmp, final)

@@ -18,10 +18,23 @@ from cogview.model.config import PRESETS, TransformerConfig
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
+# "none": one process; the others run under torchrun (docs/scaling.md).
+STRATEGIES = ("none", "ddp", "fsdp", "deepspeed")
 
 # Keys that may differ between a run and its resume: they change neither the weights nor the
 # batches. ``data`` is checked through the shards' manifest instead (a moved folder is fine).
-RESUMABLE_CHANGES = ("data", "checkpoint_every", "keep_last", "device")
+# The strategy and its settings may change too: every strategy reads every checkpoint format,
+# at any world size (``batch_size`` is global, so the batches do not depend on the world size).
+RESUMABLE_CHANGES = (
+    "data",
+    "checkpoint_every",
+    "keep_last",
+    "device",
+    "strategy",
+    "zero1",
+    "activation_checkpointing",
+    "deepspeed_config",
+)
 
 
 class ConfigError(ValueError):
@@ -64,6 +77,14 @@ class TrainConfig:
     # A model folder (e.g. a previous run's ``OUT/model``) whose weights start this run instead of
     # a fresh initialisation: fine-tuning, or more steps on a new schedule. Same architecture.
     init_from: str = ""
+    # Scale-out (docs/scaling.md). With a strategy other than "none" the run is launched by
+    # torchrun; batch_size stays the *global* micro-batch and is split evenly over the ranks.
+    strategy: str = "none"
+    zero1: bool = False  # ddp: shard the AdamW state over the ranks (ZeroRedundancyOptimizer)
+    activation_checkpointing: bool = False  # recompute each block's activations in the backward pass
+    deepspeed_config: str = (
+        ""  # deepspeed: a DeepSpeed JSON (ZeRO stage, buckets), e.g. configs/deepspeed/zero2.json
+    )
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -96,6 +117,15 @@ class TrainConfig:
         )
         _require("precision", self.precision in PRECISIONS, f"one of {list(PRECISIONS)}", self.precision)
         _require("device", self.device in DEVICES, f"one of {list(DEVICES)}", self.device)
+        _require("strategy", self.strategy in STRATEGIES, f"one of {list(STRATEGIES)}", self.strategy)
+        if self.zero1 and self.strategy != "ddp":
+            raise ConfigError(f"zero1 shards the optimizer of strategy ddp; strategy is {self.strategy!r}")
+        if (self.strategy == "deepspeed") != bool(self.deepspeed_config):
+            raise ConfigError(
+                "strategy deepspeed needs deepspeed_config (a DeepSpeed JSON, e.g. configs/deepspeed/zero2.json), "
+                f"and deepspeed_config needs strategy deepspeed; got strategy={self.strategy!r}, "
+                f"deepspeed_config={self.deepspeed_config!r}"
+            )
         self.transformer_config()  # validates the architecture now, not after loading data
 
     # --- derived ------------------------------------------------------------------------------
@@ -215,6 +245,8 @@ def _check_type(name: str, value: Any, annotation: Any) -> None:
         what = "a number"
     elif kind == "str":
         ok, what = isinstance(value, str), "a string"
+    elif kind == "bool":
+        ok, what = isinstance(value, bool), "true or false"
     elif kind.startswith("tuple"):
         ok = isinstance(value, list | tuple) and all(
             isinstance(v, int | float) and not isinstance(v, bool) for v in value
@@ -229,6 +261,7 @@ def _check_type(name: str, value: Any, annotation: Any) -> None:
 __all__ = [
     "DEVICES",
     "PRECISIONS",
+    "STRATEGIES",
     "ConfigError",
     "TrainConfig",
     "apply_overrides",

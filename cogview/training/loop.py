@@ -7,7 +7,9 @@ permutation per epoch, indexed by the global sample position) and caption dropou
 seeded by (seed, step)). So a run resumed from its latest checkpoint, even after a SIGKILL,
 replays bit for bit what the uninterrupted run would have done on the same machine and threads.
 Steps whose loss or gradient is NaN/inf are skipped and counted (SPEC 4.2); too many in a row stop
-the run with :class:`TrainingDiverged`.
+the run with :class:`TrainingDiverged`. With a distributed ``strategy`` (ddp, fsdp, deepspeed under
+torchrun) each rank computes its block of every global batch and the losses match the
+single-process run; checkpoints are then sharded (cogview.training.sharded_checkpoint).
 """
 
 from __future__ import annotations
@@ -30,8 +32,11 @@ from tqdm.auto import tqdm
 from cogview.data.sequences import drop_caption, positions_and_mask, text_token_mask
 from cogview.data.shards import ShardMixture, TokenShards, open_data
 from cogview.model import CogViewTransformer
+from cogview.serialization import CONFIG_NAME as MODEL_CONFIG_NAME
 from cogview.serialization import write_json
+from cogview.training import distributed
 from cogview.training.checkpoint import (
+    MODEL_INFO_NAME,
     checkpoint_dirs,
     latest_checkpoint,
     load_state,
@@ -39,17 +44,17 @@ from cogview.training.checkpoint import (
     set_rng_state,
 )
 from cogview.training.config import TrainConfig
+from cogview.training.distributed import DistEnv, resolve_device
 from cogview.training.objective import loss_weights, next_token_loss
-from cogview.training.optim import lr_at, param_groups, set_lr
+from cogview.training.optim import lr_at
+from cogview.training.parallel import Local
+from cogview.training.sharded_checkpoint import is_sharded, save_sharded
 
 log = logging.getLogger(__name__)
 
 METRICS_NAME = "metrics.jsonl"
 CONFIG_NAME = "train_config.json"
 LOSS_PLOT_NAME = "loss.png"
-# Written next to config.json + model.safetensors: the vocabulary and the tokenizers' fingerprints
-# the model was trained with, so a pipeline can refuse to pair it with other tokenizers.
-MODEL_INFO_NAME = "cogview.json"
 # Manifest entries that fix what the token ids mean and which rows a batch holds.
 _DATA_IDENTITY = ("seq_len", "vocab", "text_tokenizer", "image_tokenizer", "total_rows", "tasks")
 _AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -103,13 +108,20 @@ class BatchSource:
     (seed, e): every row is seen once per epoch and resuming needs only the step. Caption
     dropout is drawn per optimizer step from a generator seeded by (seed, step), so gradient
     accumulation does not change which sequences lose their caption.
+
+    With ``world_size`` ranks, ``batch_size`` is still the global micro-batch: rank ``r`` reads
+    block ``r`` of it (:func:`~cogview.data.shards.rank_part`), so the ranks together see the rows
+    of the single-process run, in the same order, at any world size.
     """
 
-    def __init__(self, shards: TokenShards | ShardMixture, cfg: TrainConfig) -> None:
+    def __init__(
+        self, shards: TokenShards | ShardMixture, cfg: TrainConfig, rank: int = 0, world_size: int = 1
+    ) -> None:
         self.shards = shards
         self.vocab = shards.vocab
         self.seed, self.batch_size, self.grad_accum = cfg.seed, cfg.batch_size, cfg.grad_accum
         self.caption_dropout = cfg.caption_dropout
+        self.rank, self.world_size = rank, world_size
         self._perms: dict[int, np.ndarray] = {}  # a cache; the result never depends on it
 
     def _permutation(self, epoch: int) -> np.ndarray:
@@ -138,10 +150,14 @@ class BatchSource:
         return torch.rand(size, generator=g) < self.caption_dropout
 
     def step_batches(self, step: int) -> list[Batch]:
-        """All micro-batches of optimizer step ``step`` (CPU tensors)."""
-        drops = self.caption_drops(step).view(self.grad_accum, self.batch_size)
+        """This rank's part of every micro-batch of optimizer step ``step`` (CPU tensors)."""
+        drops = self.caption_drops(step).view(self.grad_accum, self.world_size, -1)[:, self.rank]
         return [
-            make_batch(torch.from_numpy(self.shards.rows(self.indices(step, m))), self.vocab, drops[m])
+            make_batch(
+                torch.from_numpy(self.shards.rows_of_rank(self.indices(step, m), self.rank, self.world_size)),
+                self.vocab,
+                drops[m],
+            )
             for m in range(self.grad_accum)
         ]
 
@@ -182,6 +198,7 @@ def train_step(
     grad_clip: float = 0.0,
     precision: str = "fp32",
     scaler: torch.amp.GradScaler | None = None,
+    replica: Local | None = None,
 ) -> StepResult:
     """Forward/backward every micro-batch, clip, and step, unless a loss or gradient is NaN/inf.
 
@@ -189,39 +206,44 @@ def train_step(
     ``grad_accum`` micro-batches of ``b`` rows give the gradient of one batch of ``grad_accum * b``.
     A skipped step leaves parameters and optimizer state untouched (a ``scaler`` still lowers
     its scale on overflow, as dynamic loss scaling does).
+
+    ``replica`` (cogview.training.parallel) is the data-parallel wrapper of ``model`` and
+    ``optimizer``; ``batches`` are then this rank's blocks, the normaliser and the returned sums
+    cover all ranks, and a NaN/inf loss skips the step on every rank together.
     """
+    rep = replica if replica is not None else Local.of(model, optimizer)
     device = next(model.parameters()).device
     batches = [b.to(device) for b in batches]
-    total_weight = sum(loss_weights(b.loss_mask, b.text_mask, text_loss_weight).sum() for b in batches)
-    tokens = sum(b.n_tokens for b in batches)
-    optimizer.zero_grad(set_to_none=True)
+    total_weight = rep.all_reduce(
+        sum(loss_weights(b.loss_mask, b.text_mask, text_loss_weight).sum() for b in batches)
+    )
+    tokens = sum(b.n_tokens for b in batches) * rep.env.world_size
+    rep.zero_grad()
     loss = torch.zeros((), device=device)
     sums = torch.zeros(4, device=device)  # image_sum, image_count, text_sum, text_count
-    for b in batches:
-        with autocast(device, precision):
-            logits = model(b.inputs, b.positions)  # [B, T, V]
-        out = next_token_loss(logits, b.targets, b.loss_mask, b.text_mask, text_loss_weight, total_weight)
-        if not torch.isfinite(out.loss):
-            optimizer.zero_grad(set_to_none=True)
-            return StepResult(
-                float(out.loss.detach()), math.nan, 0, math.nan, 0, math.nan, tokens, "non-finite loss"
-            )
-        (scaler.scale(out.loss) if scaler is not None else out.loss).backward()
+    for i, b in enumerate(batches):
+        with rep.accumulating(last=i == len(batches) - 1):
+            with autocast(device, precision):
+                logits = model(b.inputs, b.positions)  # [B, T, V]
+            out = next_token_loss(logits, b.targets, b.loss_mask, b.text_mask, text_loss_weight, total_weight)
+            if not rep.distributed and not torch.isfinite(out.loss):  # ranks must all run the backward
+                rep.zero_grad()
+                return StepResult(
+                    float(out.loss.detach()), math.nan, 0, math.nan, 0, math.nan, tokens, "non-finite loss"
+                )
+            rep.backward(out.loss, scaler)
         loss += out.loss.detach()
         sums += torch.stack([out.image_sum, out.image_count, out.text_sum, out.text_count]).float()
-    if scaler is not None:
-        scaler.unscale_(optimizer)
-    params = [p for p in model.parameters() if p.grad is not None]
-    if grad_clip > 0:
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
-    else:
-        grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+    if rep.distributed:
+        totals = rep.all_reduce(torch.cat([loss.view(1), sums]))  # [5]
+        loss, sums = totals[0], totals[1:]
+    grad_norm = rep.clip_grad_norm(grad_clip, scaler)
     finite = bool(torch.isfinite(grad_norm))
-    if scaler is not None:
-        scaler.step(optimizer)  # skips the update itself when the unscaled gradients hold inf/NaN
-        scaler.update()
-    elif finite:
-        optimizer.step()
+    loss_finite = bool(torch.isfinite(loss))
+    rep.step(scaler, finite and loss_finite)
+    if not loss_finite:
+        rep.zero_grad()
+        return StepResult(float(loss), math.nan, 0, math.nan, 0, math.nan, tokens, "non-finite loss")
     image_sum, image_count, text_sum, text_count = sums.tolist()
     return StepResult(
         loss=float(loss),
@@ -236,14 +258,6 @@ def train_step(
 
 
 # --- the run --------------------------------------------------------------------------------------
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device='cuda' but no CUDA device is available; use device=cpu or auto")
-    return torch.device(name)
 
 
 def data_identity(manifest: dict[str, Any]) -> dict[str, Any]:
@@ -276,6 +290,20 @@ def save_model_folder(model: CogViewTransformer, directory: Path, info: dict[str
     """``config.json`` + ``model.safetensors`` (``CogViewTransformer.from_pretrained``) + ``cogview.json``."""
     model.save_pretrained(directory)
     write_json(directory / MODEL_INFO_NAME, info)
+
+
+def _save_full_model(rep: Local, directory: Path, info: dict[str, Any], env: DistEnv) -> None:
+    """The model folder from a (possibly sharded) replica: gathered on rank 0, written there; collective."""
+    if not env.distributed:
+        save_model_folder(rep.module, directory, info)
+        return
+    weights = rep.full_model_state()
+    if env.is_main:
+        with torch.device("meta"):
+            model = CogViewTransformer(rep.module.config)
+        model.load_state_dict(weights, strict=True, assign=True)
+        save_model_folder(model, directory, info)
+    distributed.barrier(env)
 
 
 class _Metrics:
@@ -379,9 +407,11 @@ def train(
     threads = torch.get_num_threads()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    env = distributed.setup(cfg.strategy, cfg.device)
     try:
-        return _train(cfg, Path(out_dir), resume, max_steps, progress, on_model)
+        return _train(cfg, Path(out_dir), resume, max_steps, progress, on_model, env)
     finally:
+        distributed.teardown(env)
         torch.set_num_threads(threads)
 
 
@@ -392,16 +422,18 @@ def _train(
     max_steps: int | None,
     progress: bool,
     on_model: Callable[[CogViewTransformer], None] | None,
+    env: DistEnv,
 ) -> dict[str, Any]:
     started = time.perf_counter()
     if max_steps is not None and max_steps <= 0:
         raise ValueError(f"max_steps must be positive, got {max_steps}")
-    device = resolve_device(cfg.device)
+    device = env.device
+    main = env.is_main  # rank 0 alone writes metrics, plots, progress and the model folder
     shards = open_data(cfg.data)
     model_cfg = cfg.transformer_config(shards.vocab.size, shards.seq_len)
     identity = data_identity(shards.manifest)
 
-    ckpt = latest_checkpoint(out) if resume else None
+    ckpt = distributed.broadcast_object(latest_checkpoint(out) if resume else None, env)
     if resume and ckpt is None:
         log.warning("--resume given but %s has no checkpoint; starting from scratch", out)
     if not resume and checkpoint_dirs(out):
@@ -434,37 +466,43 @@ def _train(
                 f"the shards in {cfg.data} are not the ones {ckpt} was trained on ({', '.join(differ)} "
                 "differ); resume with the original shards"
             )
-        model = CogViewTransformer.from_pretrained(ckpt)
-    model.to(device).train()
-    if on_model is not None:
-        on_model(model)
-    optimizer = torch.optim.AdamW(
-        param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, fused=True
-    )
-    scaler = torch.amp.GradScaler(device.type) if cfg.precision == "fp16" else None
+        # A sharded checkpoint's weights are loaded into the wrapped model by the replica.
+        model = (
+            CogViewTransformer(model_cfg) if is_sharded(ckpt) else CogViewTransformer.from_pretrained(ckpt)
+        )
+    rep = distributed.wrap(model, cfg, env, on_model, ckpt, state)
+    optimizer = rep.optimizer
+    scaler = rep.make_scaler(cfg.precision)
     start, skipped_total, bad_in_a_row = 0, 0, 0
     metrics = _Metrics()
     if state:
-        optimizer.load_state_dict(state["optimizer"])
         if scaler is not None:
             scaler.load_state_dict(state["scaler"])
         start = int(state["step"])
         skipped_total, bad_in_a_row = int(state["skipped_steps"]), int(state["bad_in_a_row"])
         metrics = _Metrics(state["metrics"])
-        set_rng_state(state["rng"])  # last: nothing above may draw from the global RNGs after it
+        # Last: nothing above may draw from the global RNGs after it. Each rank continues its own
+        # dropout stream; at another world size the streams are re-derived from (seed, step, rank).
+        rngs = state.get("rank_rngs") or [state["rng"]]
+        set_rng_state(rngs[env.rank] if len(rngs) == env.world_size else state["rng"])
+        if len(rngs) != env.world_size and env.world_size > 1:
+            torch.manual_seed(distributed.rank_seed(cfg.seed, start, env.rank))
         log.info("resumed from %s at step %d", ckpt, start)
+    elif env.world_size > 1:  # same initial weights on every rank (above), different dropout masks
+        torch.manual_seed(distributed.rank_seed(cfg.seed, 0, env.rank))
 
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / CONFIG_NAME, cfg.to_dict())
     metrics_path = out / METRICS_NAME
-    if start == 0:
-        metrics_path.unlink(missing_ok=True)
-    else:
-        _rewind_metrics(metrics_path, start)
-    source = BatchSource(shards, cfg)
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / CONFIG_NAME, cfg.to_dict())
+        if start == 0:
+            metrics_path.unlink(missing_ok=True)
+        else:
+            _rewind_metrics(metrics_path, start)
+    source = BatchSource(shards, cfg, env.rank, env.world_size)
     end = min(cfg.steps, max_steps) if max_steps else cfg.steps
     log.info(
-        "training %s parameters on %d rows of %d tokens from %s, steps %d..%d on %s (%s)",
+        "training %s parameters on %d rows of %d tokens from %s, steps %d..%d on %s (%s, strategy %s x %d)",
         f"{model.num_parameters():,}",
         len(shards),
         shards.seq_len,
@@ -473,13 +511,14 @@ def _train(
         end,
         device,
         cfg.precision,
+        cfg.strategy,
+        env.world_size,
     )
     saved_step = start if ckpt is not None else -1
 
     def save(step: int) -> None:
         nonlocal saved_step
         train_state = {
-            "optimizer": optimizer.state_dict(),
             "scaler": scaler.state_dict() if scaler is not None else {},
             "train_config": cfg.to_dict(),
             "data": identity,
@@ -490,21 +529,43 @@ def _train(
             "lr": lr_at(step, cfg.lr, cfg.warmup, cfg.steps, cfg.min_lr_ratio),  # the schedule is f(step)
         }
         info = model_info(shards.manifest, step)
-        save_checkpoint(out, step, lambda d: save_model_folder(model, d, info), train_state, cfg.keep_last)
+        if env.distributed:
+
+            def write_meta(d: Path) -> None:
+                write_json(d / MODEL_CONFIG_NAME, model_cfg.to_dict())
+                write_json(d / MODEL_INFO_NAME, info)
+
+            def tensors() -> dict[str, Any]:
+                return {"model": rep.model_state(), "optim": rep.optimizer_state()}
+
+            save_sharded(out, step, tensors, write_meta, train_state, cfg.keep_last, env)
+        else:
+            train_state = {"optimizer": optimizer.state_dict(), **train_state}
+            save_checkpoint(
+                out, step, lambda d: save_model_folder(model, d, info), train_state, cfg.keep_last
+            )
         saved_step = step
 
-    bar = tqdm(range(start, end), initial=start, total=end, desc="train", unit="step", disable=not progress)
+    bar = tqdm(
+        range(start, end),
+        initial=start,
+        total=end,
+        desc="train",
+        unit="step",
+        disable=not (progress and main),
+    )
     for step in bar:
         lr = lr_at(step, cfg.lr, cfg.warmup, cfg.steps, cfg.min_lr_ratio)
-        set_lr(optimizer, lr)
+        rep.set_lr(lr)
         result = train_step(
-            model,
+            rep.model,
             optimizer,
             source.step_batches(step),
             text_loss_weight=cfg.text_loss_weight,
             grad_clip=cfg.grad_clip,
             precision=cfg.precision,
             scaler=scaler,
+            replica=rep,
         )
         metrics.add(result)
         if result.skipped:
@@ -520,13 +581,15 @@ def _train(
         if done % cfg.log_every == 0 or done == cfg.steps or diverged:
             extra = {"loss_scale": scaler.get_scale()} if scaler is not None else {}
             row = metrics.row(done, lr, skipped_total, extra)
-            with open(metrics_path, "a", encoding="utf-8") as f:
-                f.write(json.dumps(row) + "\n")
+            if main:
+                with open(metrics_path, "a", encoding="utf-8") as f:
+                    f.write(json.dumps(row) + "\n")
             if row["loss"] is not None:
                 bar.set_postfix(loss=f"{row['loss']:.4f}", tok_s=f"{row['tokens_per_s']:.0f}")
         if diverged:
             bar.close()
-            _plot(out)
+            if main:
+                _plot(out)
             last = latest_checkpoint(out)
             raise TrainingDiverged(
                 f"stopped at step {done}: the last {bad_in_a_row} steps had a NaN/inf "
@@ -540,22 +603,24 @@ def _train(
 
     finished = end == cfg.steps
     if finished:
-        save_model_folder(model, out / "model", model_info(shards.manifest, end))
-    _plot(out)
-    rows = read_metrics(out)
-    last = rows[-1] if rows else {}
-    summary = {
-        "step": end,
-        "finished": finished,
-        "loss": last.get("loss"),
-        "image_loss": last.get("image_loss"),
-        "text_loss": last.get("text_loss"),
-        "skipped_steps": skipped_total,
-        "seconds": round(time.perf_counter() - started, 2),
-        "model": str(out / "model") if finished else None,
-    }
-    log.info("training %s at step %d: %s", "done" if finished else "stopped", end, summary)
-    return summary
+        _save_full_model(rep, out / "model", model_info(shards.manifest, end), env)
+    summary: dict[str, Any] = {}
+    if main:
+        _plot(out)
+        rows = read_metrics(out)
+        last = rows[-1] if rows else {}
+        summary = {
+            "step": end,
+            "finished": finished,
+            "loss": last.get("loss"),
+            "image_loss": last.get("image_loss"),
+            "text_loss": last.get("text_loss"),
+            "skipped_steps": skipped_total,
+            "seconds": round(time.perf_counter() - started, 2),
+            "model": str(out / "model") if finished else None,
+        }
+        log.info("training %s at step %d: %s", "done" if finished else "stopped", end, summary)
+    return distributed.broadcast_object(summary, env)
 
 
 def _plot(out: Path) -> None:

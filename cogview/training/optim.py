@@ -32,9 +32,27 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     includes the word and position embeddings (the word table is also the tied output head). In
     these models every bias and norm parameter is 1-D and every other parameter is not.
     """
+    decay, no_decay = _split(model)
+    return [
+        {"params": [p for _, p in decay], "weight_decay": weight_decay},
+        {"params": [p for _, p in no_decay], "weight_decay": 0.0},
+    ]
+
+
+def param_group_names(model: nn.Module) -> list[str]:
+    """Parameter names in the order an optimizer built from :func:`param_groups` numbers them.
+
+    ``optimizer.state_dict()`` keys its state by these positions; the names make it portable
+    between wrappings (DDP, FSDP, DeepSpeed) that own the same parameters.
+    """
+    decay, no_decay = _split(model)
+    return [name for name, _ in decay + no_decay]
+
+
+def _split(model: nn.Module) -> tuple[list[tuple[str, nn.Parameter]], list[tuple[str, nn.Parameter]]]:
     decay, no_decay = [], []
-    for p in model.parameters():
+    for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (decay if p.ndim >= 2 else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        (decay if p.ndim >= 2 else no_decay).append((name, p))
+    return decay, no_decay

@@ -1,0 +1,28 @@
+"""Run several ``cogview`` command lines in one torchrun job (used by test_distributed.py).
+
+``torchrun --standalone --nproc_per_node 2 tests/training/torchrun_jobs.py JOBS.json`` joins one
+gloo group and runs each argv list of JOBS.json through ``cogview.cli.main`` on every rank, so
+the tests pay the start-up of the processes once rather than once per run; ``cogview train``
+reuses the open group (and leaves it open).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import torch.distributed as dist
+
+from cogview.cli import main
+
+if __name__ == "__main__":
+    jobs = json.loads(open(sys.argv[1], encoding="utf-8").read())
+    dist.init_process_group("gloo")
+    try:
+        for argv in jobs:
+            code = main(argv)
+            if code != 0:
+                raise SystemExit(f"rank {dist.get_rank()}: cogview {' '.join(argv)} exited with {code}")
+            dist.barrier()
+    finally:
+        dist.destroy_process_group()
