@@ -227,7 +227,8 @@ class DataParallel(Local):
         from torch.nn.parallel import DistributedDataParallel
 
         device_ids = [self.env.device] if self.env.device.type == "cuda" else None
-        return DistributedDataParallel(module, device_ids=device_ids)
+        # Gradients as views of the all-reduce buckets: no second copy of them (4 bytes per parameter).
+        return DistributedDataParallel(module, device_ids=device_ids, gradient_as_bucket_view=True)
 
     def _optimizer(self) -> torch.optim.Optimizer:
         cfg = self.cfg

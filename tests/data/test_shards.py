@@ -73,6 +73,23 @@ def test_rows_for_rank_split_evenly(tmp_path: Path) -> None:
         shards.rows_for_rank(3, 3)
 
 
+def test_ranks_read_blocks_of_the_global_batch(tmp_path: Path) -> None:
+    """Rank r reads block r of a global batch: together the ranks read one process's rows, in order."""
+    from cogview.data.shards import ShardMixture, rank_part
+
+    rows = _write(tmp_path, Vocabulary(image_size=16, text_size=20), [5, 6])
+    shards = TokenShards.open(tmp_path)
+    batch = np.array([10, 3, 3, 7, 0, 9])
+    parts = [shards.rows_of_rank(batch, r, 3) for r in range(3)]
+    assert np.array_equal(np.concatenate(parts), rows[batch])
+    assert rank_part(batch, 1, 2).tolist() == [7, 0, 9]
+    with pytest.raises(ValueError, match="make batch_size a multiple of the number of processes"):
+        rank_part(batch, 0, 4)
+    mix = ShardMixture([shards], [2])
+    assert np.array_equal(mix.rows_of_rank(batch + 11, 1, 2), rows[[7, 0, 9]])
+    assert len(mix.rows_for_rank(1, 2)) == 11 and mix.rows_for_rank(1, 2)[0] == 1
+
+
 def test_other_tokenizers_or_vocab_refused(tmp_path: Path) -> None:
     vocab = Vocabulary(image_size=16, text_size=20)
     _write(tmp_path, vocab, [4])

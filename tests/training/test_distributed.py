@@ -178,14 +178,12 @@ def test_consolidate_gives_the_trained_model(
 )
 def test_deepspeed_zero_matches_and_its_checkpoints_reshard(torch_jobs: Path) -> None:
     """ZeRO-2 matches the single-process run; a ZeRO-3 checkpoint of step 5 continues in one process."""
-    root = torch_jobs
-    for stage in (2, 3):
-        (root / f"zero{stage}.json").write_text(json.dumps({"zero_optimization": {"stage": stage}}))
+    root, ds = torch_jobs, ROOT / "configs" / "deepspeed"
     torchrun(
         root,
         [
             train_argv(
-                root, "ds2", "--strategy", "deepspeed", "--set", f"deepspeed_config={root / 'zero2.json'}"
+                root, "ds2", "--strategy", "deepspeed", "--set", f"deepspeed_config={ds / 'zero2.json'}"
             ),
             train_argv(
                 root,
@@ -195,7 +193,7 @@ def test_deepspeed_zero_matches_and_its_checkpoints_reshard(torch_jobs: Path) ->
                 "--max-steps",
                 "5",
                 "--set",
-                f"deepspeed_config={root / 'zero3.json'}",
+                f"deepspeed_config={ds / 'zero3.json'}",
             ),
         ],
         "ds_jobs",

@@ -39,6 +39,12 @@ def test_defaults_round_trip_and_model_normalisation() -> None:
         ({"model": {"preset": "tiny", "dim": 65}}, "model: dim=65 is not divisible by n_heads=4"),
         ({"model": {"preset": "tiny", "depth": 3}}, "model: unknown TransformerConfig field(s) ['depth']"),
         ({"grad_clip": -1}, "grad_clip must be a number >= 0"),
+        ({"strategy": "horovod"}, "strategy must be one of ['none', 'ddp', 'fsdp', 'deepspeed']"),
+        ({"strategy": "fsdp", "zero1": True}, "zero1 shards the optimizer of strategy ddp"),
+        ({"zero1": "yes"}, "zero1 must be true or false, got 'yes'"),
+        ({"activation_checkpointing": 1}, "activation_checkpointing must be true or false"),
+        ({"strategy": "deepspeed"}, "strategy deepspeed needs deepspeed_config"),
+        ({"deepspeed_config": "ds.json"}, "deepspeed_config needs strategy deepspeed"),
     ],
 )
 def test_bad_values_are_refused_with_a_message(changes: dict, message: str) -> None:
@@ -78,10 +84,51 @@ def test_resume_may_change_only_harmless_keys() -> None:
     assert TrainConfig(data="a", model="tiny", lr=1.0, seed=3).resume_mismatches(stored) == ["lr", "seed"]
 
 
-@pytest.mark.parametrize("name", ["tiny", "small"])
+@pytest.mark.parametrize("name", ["tiny", "small", "cogview-4b"])
 def test_shipped_configs_are_valid(name: str) -> None:
     cfg = TrainConfig.from_dict(json.loads((CONFIGS / f"{name}.json").read_text()))
     model = cfg.transformer_config(vocab_size=1152, seq_len=292)  # 16x16 codes, 576 text pieces
     assert model.max_seq_len >= 292
     if name == "small":
         assert cfg.model["preset"] == "small" and cfg.betas == (0.9, 0.95) and cfg.min_lr_ratio == 0.1
+    if name == "cogview-4b":  # SPEC 4.3: 6,144 sequences per step, lr 3e-4 after 2% warmup
+        assert cfg.sequences_per_step == 6144 and cfg.warmup == cfg.steps // 50 and cfg.strategy == "fsdp"
+
+
+def test_a_run_may_resume_under_another_strategy() -> None:
+    """Checkpoints reshard: strategy, ZeRO-1, activation checkpointing and the DeepSpeed JSON may change."""
+    stored = TrainConfig(data="a", model="tiny").to_dict()
+    moved = TrainConfig(
+        data="a", model="tiny", strategy="deepspeed", deepspeed_config="z.json", activation_checkpointing=True
+    )
+    assert moved.resume_mismatches(stored) == []
+    assert TrainConfig(data="a", model="tiny", strategy="ddp", zero1=True).resume_mismatches(stored) == []
+    old = {k: v for k, v in stored.items() if k not in ("strategy", "zero1")}  # written before these keys
+    assert TrainConfig(data="a", model="tiny").resume_mismatches(old) == []
+
+
+@pytest.mark.parametrize("stage", [1, 2, 3])
+def test_shipped_deepspeed_configs_complete_from_the_train_config(stage: int) -> None:
+    from cogview.training.deepspeed_replica import deepspeed_config
+
+    path = CONFIGS / "deepspeed" / f"zero{stage}.json"
+    cfg = TrainConfig(data="d", strategy="deepspeed", deepspeed_config=str(path), batch_size=8, grad_accum=3)
+    ds = deepspeed_config(cfg, world_size=4)
+    assert ds["zero_optimization"]["stage"] == stage
+    assert (ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"]) == (2, 3)
+    assert ds["train_batch_size"] == 24 and ds["gradient_clipping"] == cfg.grad_clip
+
+
+def test_deepspeed_json_may_not_contradict_the_train_config(tmp_path: Path) -> None:
+    from cogview.training.deepspeed_replica import deepspeed_config
+
+    path = tmp_path / "ds.json"
+    cfg = TrainConfig(data="d", strategy="deepspeed", deepspeed_config=str(path), batch_size=8)
+    for section, message in [
+        ({"train_micro_batch_size_per_gpu": 3}, "differs from the training config's 4"),
+        ({"optimizer": {"type": "Adam"}}, "remove the 'optimizer' section"),
+        ({"fp16": {"enabled": True}}, "remove the 'fp16' section"),
+    ]:
+        path.write_text(json.dumps(section))
+        with pytest.raises(ConfigError, match=message):
+            deepspeed_config(cfg, world_size=2)
