@@ -32,6 +32,13 @@ def main() -> None:
     parser.add_argument("--guidance", default="1,3", help="comma-separated guidance scales to compare")
     parser.add_argument("--datasets", default="shapes,digits")
     parser.add_argument("--langs", default="zh,en")
+    parser.add_argument(
+        "--candidates",
+        default="1",
+        help="comma-separated candidates per image to compare (reranking; 1 = off)",
+    )
+    parser.add_argument("--top-k", type=int, default=None, help="sampling top-k (default: the model's)")
+    parser.add_argument("--name", default="alignment", help="file name stem of the JSON result")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
@@ -45,7 +52,11 @@ def main() -> None:
     started = time.perf_counter()
     for dataset in args.datasets.split(","):
         for lang in args.langs.split(","):
-            for scale in [float(s) for s in args.guidance.split(",")]:
+            settings = [
+                (float(s), int(c)) for s in args.guidance.split(",") for c in args.candidates.split(",")
+            ]
+            for scale, candidates in settings:
+                extra = {"top_k": args.top_k} if args.top_k is not None else {}
                 result = evaluate_alignment(
                     pipe,
                     dataset,
@@ -55,14 +66,16 @@ def main() -> None:
                     seed=args.seed,
                     guidance_scale=scale,
                     classifier=classifier,
+                    candidates=candidates,
+                    **extra,
                 )
-                rows.append(summary_row(result))
+                rows.append({**summary_row(result), "candidates": candidates})
                 tiles = [im for _, images in result["samples"][:16] for im in images[:8]]
                 make_grid(tiles, columns=min(8, args.per_prompt), scale=2).save(
-                    out / f"alignment_{dataset}_{lang}_cfg{scale:g}.png"
+                    out / f"{args.name}_{dataset}_{lang}_cfg{scale:g}_c{candidates}.png"
                 )
                 print(
-                    f"{dataset:>7} {lang} cfg={scale:<4g} aligned {headline(result):6.1%}  "
+                    f"{dataset:>7} {lang} cfg={scale:<4g} candidates={candidates} aligned {headline(result):6.1%}  "
                     + "  ".join(f"{k} {v:.1%}" for k, v in result["accuracy"].items()),
                     flush=True,
                 )
@@ -75,8 +88,8 @@ def main() -> None:
         "seconds": time.perf_counter() - started,
         "rows": rows,
     }
-    (out / "alignment.json").write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {out / 'alignment.json'}")
+    (out / f"{args.name}.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {out / (args.name + '.json')}")
 
 
 if __name__ == "__main__":

@@ -1,16 +1,39 @@
 #!/usr/bin/env bash
-# Reproduce the shipped default text-to-image model from scratch on CPU (about an hour on 2 cores):
-# tokenise the train splits of shapes and digits (both languages) with the shipped tokenizers,
-# train the transformer with configs/default-t2i.json, and write the model folder that
-# CogViewPipeline.from_pretrained() loads by default. Every step resumes if re-run after a kill.
+# Reproduce the shipped default model folder from scratch on CPU (several hours on 2 cores; the
+# three transformers can train at the same time, one core each): tokenise the train splits of
+# shapes and digits (both languages) with the shipped tokenizers, train
+#   - the text-to-image transformer (configs/default-t2i.json, then default-t2i-continue.json),
+#   - the captioning / scoring transformer (configs/default-caption.json from the first
+#     text-to-image weights, then default-caption-continue.json; image-to-text rows),
+#   - the super-resolution transformer (configs/default-sr.json, 8x8 -> 16x16 code windows of
+#     shapes rendered at 32 and 64 px),
+# and write the model folder that CogViewPipeline.from_pretrained() loads by default. Every step
+# resumes if re-run after a kill.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
 OUT=${OUT:-runs}
-"$PY" -m cogview prepare --dataset shapes --split train --out "$OUT/shards/shapes-train" --text-budget 24 --resume
-"$PY" -m cogview prepare --dataset digits --split train --out "$OUT/shards/digits-train" --text-budget 24 --resume
+prep() { "$PY" -m cogview prepare --text-budget 24 --resume --no-progress "$@"; }
+prep --dataset shapes --split train --out "$OUT/shards/shapes-train"
+prep --dataset digits --split train --out "$OUT/shards/digits-train"
+prep --dataset shapes --split train --out "$OUT/shards/shapes-train-i2t" --tasks image_to_text
+prep --dataset digits --split train --out "$OUT/shards/digits-train-i2t" --tasks image_to_text
+prep --dataset shapes --split train --out "$OUT/shards/shapes-train-sr" --tasks super_resolution --max-examples 12000
 "$PY" -m cogview train --config configs/default-t2i.json --out "$OUT/default-t2i" --resume
+"$PY" -m cogview train --config configs/default-t2i-continue.json --out "$OUT/default-t2i-continue" --resume \
+  --set init_from="$OUT/default-t2i/model"
+"$PY" -m cogview train --config configs/default-caption.json --out "$OUT/default-caption" --resume \
+  --set init_from="$OUT/default-t2i/model"
+"$PY" -m cogview train --config configs/default-caption-continue.json --out "$OUT/default-caption-continue" --resume \
+  --set init_from="$OUT/default-caption/model"
+"$PY" -m cogview train --config configs/default-sr.json --out "$OUT/default-sr" --resume
 "$PY" - <<PYEOF
 from cogview.pipeline import CogViewPipeline
-CogViewPipeline.from_components("$OUT/default-t2i/model").save_pretrained("${DEST:-cogview/assets/default}")
+from cogview.generation.text_to_image import DEFAULT_SAMPLING
+models = {
+    "text_to_image": "$OUT/default-t2i-continue/model",
+    "image_to_text": "$OUT/default-caption-continue/model",
+    "super_resolution": "$OUT/default-sr/model",
+}
+CogViewPipeline.from_components(models, sampling=DEFAULT_SAMPLING).save_pretrained("${DEST:-cogview/assets/default}")
 PYEOF
