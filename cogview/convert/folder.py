@@ -40,6 +40,8 @@ logger = logging.getLogger(__name__)
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 # The three released checkpoints: cogview-base, cogview-caption, cogview-sr (SPEC 0, 3.7).
 CONVERT_JOBS = ("text_to_image", "image_to_text", "super_resolution")
+# The released magnify conditions on 16x16 crops of the 32x32 low-res code grid (SPEC 3.4).
+ORIGINAL_SR_WINDOW = 16
 # The original scripts' sampling: top-k 200, top-p 0, temperature 1.0, no guidance (SPEC 3.1, 3.7).
 ORIGINAL_SAMPLING = {"default": SamplingConfig(temperature=1.0, top_k=200)}
 CONVERSION_NAME = "conversion.json"
@@ -110,7 +112,14 @@ def convert_original(
     del state  # drop the memory map before writing
     try:
         pipe = CogViewPipeline(
-            transformer, text, image, vocab, text_budget=text_budget, sampling=ORIGINAL_SAMPLING, jobs=(job,)
+            transformer,
+            text,
+            image,
+            vocab,
+            text_budget=text_budget,
+            sampling=ORIGINAL_SAMPLING,
+            jobs=(job,),
+            sr_window=ORIGINAL_SR_WINDOW,
         )
     except ValueError as e:  # e.g. a job module that needs a token the original vocabulary lacks
         raise ValueError(

@@ -5,7 +5,8 @@ samples text after ``[ROI1]`` with only the pieces of the requested language (an
 allowed, and stops at ``[EOT]`` instead of the original's fixed 20 tokens. Scoring is one causal
 forward pass over a batch of (image, text) pairs: with image-code logits masked out, the score is
 ``sum_k log p(text_k | image, text_<k)`` over the text and its ``[EOT]``; CapLoss is its negative
-mean over those tokens (SPEC 5). Scores rank candidate images for a prompt (post-selection) and,
+mean over those tokens (SPEC 5). A vocabulary without ``[EOT]`` (the released CogView weights)
+gets the original behaviour: captions of a fixed length and scores over the text alone. Scores rank candidate images for a prompt (post-selection) and,
 over a set of prompts, classify an image.
 """
 
@@ -30,8 +31,9 @@ from cogview.tokenizers.vocab import Vocabulary
 # The most likely caption unless told otherwise: captions are answers, not samples.
 DEFAULT_CAPTION_SAMPLING = SamplingConfig(temperature=1.0, top_k=1)
 LANGUAGES = ("zh", "en")
-# [BASE] [BOI1] before the codes, [EOI1] [ROI1] after them; [EOT] ends the text.
-PREFIX_OVERHEAD, END_TOKENS = 4, 1
+# [BASE] [BOI1] before the codes, [EOI1] [ROI1] after them.
+PREFIX_OVERHEAD = 4
+ORIGINAL_CAPTION_TOKENS = 20  # the original sampled this many text tokens (SPEC 3.6)
 DEFAULT_MAX_BATCH_SIZE = 16
 
 Images = Image.Image | Sequence[Image.Image] | torch.Tensor
@@ -58,9 +60,10 @@ class Captioner(Components):
         sampling: SamplingConfig | None = None,
     ) -> None:
         super().__init__(transformer, text_tokenizer, image_tokenizer, vocab)
-        if "[EOT]" not in vocab.extra_tokens:
-            raise ValueError("captioning ends captions with [EOT]; this vocabulary has no [EOT] token")
-        room = transformer.config.max_seq_len - self.prefix_length - END_TOKENS
+        # [EOT] ends our captions; without it (the original vocabulary) captions have a fixed length.
+        self.end = vocab.token_id("[EOT]") if "[EOT]" in vocab.extra_tokens else None
+        self.end_tokens = 0 if self.end is None else 1
+        room = transformer.config.max_seq_len - self.prefix_length - self.end_tokens
         if room < 1:
             raise ValueError(
                 f"max_seq_len={transformer.config.max_seq_len} leaves no room for text after "
@@ -101,7 +104,8 @@ class Captioner(Components):
             mask = torch.zeros(self.vocab.size, dtype=torch.bool)
             ids = self.vocab.text_to_unified(self.text_tokenizer.language_ids(language))
             mask[torch.as_tensor(ids, dtype=torch.long)] = True
-            mask[self.vocab.token_id("[EOT]")] = True
+            if self.end is not None:
+                mask[self.end] = True
             self._allowed[language] = mask
         return self._allowed[language]
 
@@ -134,9 +138,11 @@ class Captioner(Components):
         settings = self.sampling.replace(temperature=temperature, top_k=top_k, top_p=top_p)
         if settings.guided:
             raise ValueError("captioning has no classifier-free guidance; leave guidance_scale at 1")
-        steps = self.text_budget + END_TOKENS if max_tokens is None else max_tokens
-        if not 1 <= steps <= self.text_budget + END_TOKENS:
-            raise ValueError(f"max_tokens must lie in [1, {self.text_budget + END_TOKENS}], got {max_tokens}")
+        most = self.text_budget + self.end_tokens
+        default = most if self.end is not None else min(most, ORIGINAL_CAPTION_TOKENS)
+        steps = default if max_tokens is None else max_tokens
+        if not 1 <= steps <= most:
+            raise ValueError(f"max_tokens must lie in [1, {most}], got {max_tokens}")
         rows = self.prefix(self.codes(images)).repeat_interleave(num_captions, dim=0)  # [R, P]
         seed = secrets.randbits(62) if seed is None else seed
         uniforms = image_uniforms([image_seed(seed, r) for r in range(len(rows))], steps)  # [R, steps]
@@ -166,13 +172,14 @@ class Captioner(Components):
         allowed: torch.Tensor,
     ) -> list[str]:
         n, steps = uniforms.shape
-        eot = self.vocab.token_id("[EOT]")
+        eot = self.vocab.token_id("[PAD]") if self.end is None else self.end  # never sampled without [EOT]
         L = rows.shape[1]  # every row has the same length: one batched prefill
         cache = model.new_cache(n, max_len=L + steps - 1, device=self.device)
         logits = model(rows.to(self.device), torch.arange(L, device=self.device), cache, kv_len=L)[:, -1]
         allowed = allowed.to(self.device)
         no_end = allowed.clone()
-        no_end[eot] = False  # a caption has at least one piece
+        if self.end is not None:
+            no_end[eot] = False  # a caption has at least one piece
         out = torch.full((n, steps), eot, dtype=torch.long)  # [n, steps]
         finished = torch.zeros(n, dtype=torch.bool)
         for i in range(steps):
@@ -194,11 +201,11 @@ class Captioner(Components):
     # --- scoring ---------------------------------------------------------------------------------
 
     def text_ids(self, text: str) -> list[int]:
-        """Unified ids of ``text`` cut to the text budget, then ``[EOT]``."""
+        """Unified ids of ``text`` cut to the text budget, then ``[EOT]`` (when the vocabulary has it)."""
         if not isinstance(text, str) or not text.strip():
             raise ValueError("empty text: give the prompt or caption to score")
         ids = self.text_tokenizer.encode_unified(text, self.vocab, max_length=self.text_budget)
-        return ids + [self.vocab.token_id("[EOT]")]
+        return ids if self.end is None else ids + [self.end]
 
     @torch.inference_mode()
     def log_likelihoods(

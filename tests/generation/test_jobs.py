@@ -241,3 +241,29 @@ def test_jobs_a_folder_lacks_are_clear_errors(pipe: CogViewPipeline, images) -> 
         t2i_only.generate("a red circle", candidates=2)
     with pytest.raises(ValueError, match="does not serve super_resolution"):
         t2i_only.upscale(images[0])
+
+
+def test_captioning_without_an_end_token_is_the_original_behaviour(pipe: CogViewPipeline, images) -> None:
+    """The released weights' vocabulary has no [EOT]: fixed-length captions, scores over the text alone."""
+    from cogview.generation.captioning import Captioner
+    from cogview.tokenizers.vocab import Vocabulary
+
+    v = pipe.vocab
+    vocab = Vocabulary(image_size=v.image_size, text_size=v.text_size, extra_tokens=())
+    model = _model(vocab.size, 7)
+    cap = Captioner(model, pipe.text_tokenizer, pipe.image_tokenizer, vocab)
+    captions = cap.caption(images[:2], "en", max_tokens=5)
+    assert all(len(pipe.text_tokenizer.encode(c)) >= 3 for c in captions)  # no early stop (pieces may merge)
+    codes = cap.codes(images[:1])
+    score, n = cap.log_likelihoods(codes, ["a red circle"])
+    target = pipe.text_tokenizer.encode_unified("a red circle", vocab)
+    assert n.item() == len(target)  # no end token scored
+    seq = torch.cat([cap.prefix(codes)[0], torch.tensor(target)])
+    with torch.no_grad():
+        logits = model(seq[None, :-1], torch.arange(len(seq) - 1))[0].float()
+    logits[:, : v.image_size] = float("-inf")
+    logp = logits.log_softmax(-1)
+    P = len(seq) - len(target)
+    assert score.item() == pytest.approx(
+        sum(float(logp[P - 1 + k, t]) for k, t in enumerate(target)), abs=1e-4
+    )
