@@ -25,16 +25,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from cogview.data.sequences import drop_caption, positions_and_mask, text_token_mask
-from cogview.data.shards import ShardMixture, TokenShards, open_data
+from cogview.data.shards import open_data
 from cogview.model import CogViewTransformer
 from cogview.serialization import CONFIG_NAME as MODEL_CONFIG_NAME
 from cogview.serialization import write_json
 from cogview.training import distributed
+from cogview.training.batches import Batch, BatchSource, make_batch
 from cogview.training.checkpoint import (
     MODEL_INFO_NAME,
     checkpoint_dirs,
@@ -45,6 +44,7 @@ from cogview.training.checkpoint import (
 )
 from cogview.training.config import TrainConfig
 from cogview.training.distributed import DistEnv, resolve_device
+from cogview.training.metrics import METRICS_NAME, Metrics, read_metrics, rewind_metrics
 from cogview.training.objective import loss_weights, next_token_loss
 from cogview.training.optim import lr_at
 from cogview.training.parallel import Local
@@ -52,7 +52,6 @@ from cogview.training.sharded_checkpoint import is_sharded, save_sharded
 
 log = logging.getLogger(__name__)
 
-METRICS_NAME = "metrics.jsonl"
 CONFIG_NAME = "train_config.json"
 LOSS_PLOT_NAME = "loss.png"
 # Manifest entries that fix what the token ids mean and which rows a batch holds.
@@ -62,104 +61,6 @@ _AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 class TrainingDiverged(RuntimeError):
     """Raised after ``max_bad_steps`` consecutive steps with a NaN/inf loss or gradient."""
-
-
-# --- batches ------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Batch:
-    """One micro-batch, shifted for next-token prediction: every tensor is ``[B, T]`` with T = L - 1."""
-
-    inputs: torch.Tensor  # int64 tokens[:, :-1]
-    targets: torch.Tensor  # int64 tokens[:, 1:]
-    positions: torch.Tensor  # int64 position ids of the inputs
-    loss_mask: torch.Tensor  # float 1 where the target is a real token (not [PAD])
-    text_mask: torch.Tensor  # bool True where the input is text or a command (SPEC 4.2)
-
-    def to(self, device: torch.device | str) -> Batch:
-        return Batch(*(t.to(device, non_blocking=True) for t in self.__dict__.values()))
-
-    @property
-    def n_tokens(self) -> int:
-        return self.inputs.numel()
-
-
-def make_batch(tokens: torch.Tensor, vocab: Any, drop: torch.Tensor | None = None) -> Batch:
-    """Token rows ``[B, L]`` -> a shifted :class:`Batch`; rows with ``drop`` True lose their caption."""
-    if drop is not None and bool(drop.any()):
-        tokens = drop_caption(tokens, drop, vocab)  # [B, L]
-    positions, mask = positions_and_mask(tokens, vocab)  # [B, L] each
-    inputs = tokens[:, :-1]  # [B, T]
-    return Batch(
-        inputs=inputs,
-        targets=tokens[:, 1:],
-        positions=positions[:, :-1],
-        loss_mask=mask[:, 1:],
-        text_mask=text_token_mask(inputs, vocab),
-    )
-
-
-class BatchSource:
-    """The micro-batches of every step as a pure function of (seed, step, micro-step).
-
-    Sample ``p = (step * grad_accum + micro) * batch_size + j`` of the run is row
-    ``perm_e[p mod N]`` of epoch ``e = p // N``, where ``perm_e`` is a permutation seeded by
-    (seed, e): every row is seen once per epoch and resuming needs only the step. Caption
-    dropout is drawn per optimizer step from a generator seeded by (seed, step), so gradient
-    accumulation does not change which sequences lose their caption.
-
-    With ``world_size`` ranks, ``batch_size`` is still the global micro-batch: rank ``r`` reads
-    block ``r`` of it (:func:`~cogview.data.shards.rank_part`), so the ranks together see the rows
-    of the single-process run, in the same order, at any world size.
-    """
-
-    def __init__(
-        self, shards: TokenShards | ShardMixture, cfg: TrainConfig, rank: int = 0, world_size: int = 1
-    ) -> None:
-        self.shards = shards
-        self.vocab = shards.vocab
-        self.seed, self.batch_size, self.grad_accum = cfg.seed, cfg.batch_size, cfg.grad_accum
-        self.caption_dropout = cfg.caption_dropout
-        self.rank, self.world_size = rank, world_size
-        self._perms: dict[int, np.ndarray] = {}  # a cache; the result never depends on it
-
-    def _permutation(self, epoch: int) -> np.ndarray:
-        if epoch not in self._perms:
-            if len(self._perms) >= 2:
-                self._perms.pop(min(self._perms))
-            rng = np.random.default_rng([self.seed, epoch, 0xC06])
-            self._perms[epoch] = rng.permutation(len(self.shards))
-        return self._perms[epoch]
-
-    def indices(self, step: int, micro: int) -> np.ndarray:
-        """Row indices of micro-batch ``micro`` of optimizer step ``step``."""
-        n = len(self.shards)
-        start = (step * self.grad_accum + micro) * self.batch_size
-        samples = np.arange(start, start + self.batch_size, dtype=np.int64)
-        epochs, offsets = samples // n, samples % n
-        return np.array([self._permutation(int(e))[o] for e, o in zip(epochs, offsets, strict=True)])
-
-    def caption_drops(self, step: int) -> torch.Tensor:
-        """Bool ``[grad_accum * batch_size]``: which sequences of ``step`` train with an empty caption."""
-        size = self.grad_accum * self.batch_size
-        if self.caption_dropout <= 0:
-            return torch.zeros(size, dtype=torch.bool)
-        seed = int(np.random.SeedSequence([self.seed, step, 0xD20]).generate_state(1)[0])
-        g = torch.Generator().manual_seed(seed)
-        return torch.rand(size, generator=g) < self.caption_dropout
-
-    def step_batches(self, step: int) -> list[Batch]:
-        """This rank's part of every micro-batch of optimizer step ``step`` (CPU tensors)."""
-        drops = self.caption_drops(step).view(self.grad_accum, self.world_size, -1)[:, self.rank]
-        return [
-            make_batch(
-                torch.from_numpy(self.shards.rows_of_rank(self.indices(step, m), self.rank, self.world_size)),
-                self.vocab,
-                drops[m],
-            )
-            for m in range(self.grad_accum)
-        ]
 
 
 # --- one optimizer step -------------------------------------------------------------------------
@@ -306,77 +207,6 @@ def _save_full_model(rep: Local, directory: Path, info: dict[str, Any], env: Dis
     distributed.barrier(env)
 
 
-class _Metrics:
-    """Sums over the steps since the last metrics row; they go into checkpoints for exact resume."""
-
-    KEYS = ("steps", "loss", "image_sum", "image_count", "text_sum", "text_count", "grad_norm")
-
-    def __init__(self, state: dict[str, float] | None = None) -> None:
-        self.sums = dict(state) if state else dict.fromkeys(self.KEYS, 0.0)
-        self.tokens, self.since = 0, time.perf_counter()
-
-    def add(self, r: StepResult) -> None:
-        self.tokens += r.tokens
-        if r.skipped:
-            return
-        for key, value in (
-            ("steps", 1),
-            ("loss", r.loss),
-            ("image_sum", r.image_sum),
-            ("image_count", r.image_count),
-            ("text_sum", r.text_sum),
-            ("text_count", r.text_count),
-            ("grad_norm", r.grad_norm),
-        ):
-            self.sums[key] += value
-
-    def row(self, step: int, lr: float, skipped: int, extra: dict[str, Any]) -> dict[str, Any]:
-        s, now = self.sums, time.perf_counter()
-
-        def mean(total: str, count: str) -> float | None:
-            return s[total] / s[count] if s[count] else None
-
-        row = {
-            "step": step,
-            "loss": mean("loss", "steps"),
-            "image_loss": mean("image_sum", "image_count"),
-            "text_loss": mean("text_sum", "text_count"),
-            "lr": lr,
-            "grad_norm": mean("grad_norm", "steps"),
-            "tokens_per_s": self.tokens / max(now - self.since, 1e-9),
-            "skipped_steps": skipped,
-            **extra,
-        }
-        self.sums = dict.fromkeys(self.KEYS, 0.0)
-        self.tokens, self.since = 0, now
-        return row
-
-
-def _rewind_metrics(path: Path, step: int) -> None:
-    """Keep the rows up to ``step`` (a killed run may have logged past its last checkpoint)."""
-    if not path.exists():
-        return
-    kept = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:  # a line cut by a kill
-            continue
-        if row.get("step", math.inf) <= step:
-            kept.append(line)
-    tmp = path.with_suffix(".jsonl.tmp")
-    tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def read_metrics(out_dir: str | os.PathLike) -> list[dict[str, Any]]:
-    """The rows of ``OUT/metrics.jsonl``."""
-    path = Path(out_dir) / METRICS_NAME
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
 def train(
     cfg: TrainConfig,
     out_dir: str | os.PathLike,
@@ -474,13 +304,13 @@ def _train(
     optimizer = rep.optimizer
     scaler = rep.make_scaler(cfg.precision)
     start, skipped_total, bad_in_a_row = 0, 0, 0
-    metrics = _Metrics()
+    metrics = Metrics()
     if state:
         if scaler is not None:
             scaler.load_state_dict(state["scaler"])
         start = int(state["step"])
         skipped_total, bad_in_a_row = int(state["skipped_steps"]), int(state["bad_in_a_row"])
-        metrics = _Metrics(state["metrics"])
+        metrics = Metrics(state["metrics"])
         # Last: nothing above may draw from the global RNGs after it. Each rank continues its own
         # dropout stream; at another world size the streams are re-derived from (seed, step, rank).
         rngs = state.get("rank_rngs") or [state["rng"]]
@@ -498,7 +328,7 @@ def _train(
         if start == 0:
             metrics_path.unlink(missing_ok=True)
         else:
-            _rewind_metrics(metrics_path, start)
+            rewind_metrics(metrics_path, start)
     source = BatchSource(shards, cfg, env.rank, env.world_size)
     end = min(cfg.steps, max_steps) if max_steps else cfg.steps
     log.info(
