@@ -114,15 +114,16 @@ class Attention(nn.Module):
         cache_positions: torch.Tensor | None,
     ) -> torch.Tensor:
         B, T, _ = x.shape
-        q, k, v = self.wqkv(x).split(self.dim, dim=-1)  # 3 x [B, T, dim]
-        # Head i uses channels [i*D, (i+1)*D) of each part, as in the original (SPEC 1.3).
-        q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # [B, H, T, D]
-        k = k.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # [B, H, T, D]
-        v = v.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # [B, H, T, D]
+        # Q | K | V parts, head i using channels [i*D, (i+1)*D) of each, as in the original
+        # (SPEC 1.3); one view + permute instead of a split and three reshapes (fewer ops per step).
+        qkv = self.wqkv(x).view(B, T, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)  # 3 x [B, H, T, D]
         if cache is not None:
             k, v = cache.update(layer_idx, cache_positions, k, v)  # [B, H, S_max, D]
             S = mask.shape[-1]  # kv_len: only the first S slots can be attended
-            k, v = k[:, :, :S].to(q.dtype), v[:, :, :S].to(q.dtype)  # [B, H, S, D]
+            k, v = k[:, :, :S], v[:, :, :S]  # [B, H, S, D]
+            if k.dtype != q.dtype:  # a cache kept in another precision
+                k, v = k.to(q.dtype), v.to(q.dtype)
         dropout_p = self.dropout_p if self.training else 0.0
         if self.pb_relax_alpha is None:
             y = F.scaled_dot_product_attention(
