@@ -22,7 +22,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = TrainConfig.from_dict(raw)
     rank = launched_rank()
     for handler in logging.getLogger().handlers:  # one log for a torchrun job: rank 0's
-        handler.addFilter(RankZeroFilter(rank))
+        if not any(isinstance(f, RankZeroFilter) for f in handler.filters):
+            handler.addFilter(RankZeroFilter(rank))
     try:
         result = train(cfg, args.out, resume=args.resume, max_steps=args.max_steps)
     except TrainingDiverged as e:

@@ -104,8 +104,15 @@ class Local:
     def _optimizer(self) -> torch.optim.Optimizer:
         cfg = self.cfg
         return torch.optim.AdamW(
-            param_groups(self.module, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, fused=True
+            param_groups(self.module, cfg.weight_decay),
+            lr=cfg.lr,
+            betas=cfg.betas,
+            eps=cfg.eps,
+            fused=self._fused_adamw,
         )
+
+    # The fused kernel takes the scaler's inf flag itself, in the shape GradScaler gives it.
+    _fused_adamw = True
 
     @property
     def distributed(self) -> bool:
@@ -287,6 +294,12 @@ class FullyShardedParallel(DataParallel):
         for block in module.layers:
             fully_shard(block, mesh=mesh, mp_policy=mp)
         return fully_shard(module, mesh=mesh, mp_policy=mp)
+
+    @property
+    def _fused_adamw(self) -> bool:
+        # ShardedGradScaler's inf flag has shape [1], which fused AdamW cannot take: with fp16 the
+        # foreach AdamW runs, and the scaler skips its step on inf/NaN itself.
+        return self.cfg.precision != "fp16"
 
     def make_scaler(self, precision: str) -> Any:
         if precision != "fp16":

@@ -107,7 +107,7 @@ def torchrun(root: Path, jobs: list[list[str]], name: str) -> None:
 @pytest.fixture(scope="module")
 def torch_jobs(work: Path) -> Path:
     """The two-process runs: DDP, DDP + ZeRO-1, FSDP (stopped at 5 and resumed), FSDP resuming a
-    single-process checkpoint (1 -> 2)."""
+    single-process checkpoint (1 -> 2), FSDP in bf16 and fp16 (3 steps)."""
     train(config(work), work / "one_to_two", max_steps=5, progress=False)
     torchrun(
         work,
@@ -117,6 +117,10 @@ def torch_jobs(work: Path) -> Path:
             train_argv(work, "fsdp", "--strategy", "fsdp", "--max-steps", "5", "--set", CHECKPOINTING),
             train_argv(work, "fsdp", "--strategy", "fsdp", "--resume"),
             train_argv(work, "one_to_two", "--strategy", "fsdp", "--resume"),
+            *(
+                train_argv(work, f"fsdp_{p}", "--strategy", "fsdp", "--set", "steps=3", f"precision={p}")
+                for p in ("bf16", "fp16")
+            ),
         ],
         "torch_jobs",
     )
@@ -140,6 +144,15 @@ def test_fsdp_matches_and_resumes_at_the_same_world_size(torch_jobs: Path) -> No
     """Steps 1-5 with activation checkpointing, 6-10 without: the same curve."""
     assert rel_diff(losses(torch_jobs / "fsdp"), losses(torch_jobs / "single")) < 1e-4
     assert [r["step"] for r in read_metrics(torch_jobs / "fsdp")] == list(range(1, STEPS + 1))
+
+
+def test_fsdp_mixed_precision(torch_jobs: Path) -> None:
+    """bf16: MixedPrecisionPolicy close to fp32; fp16: the sharded scaler skips steps while its scale falls."""
+    reference = losses(torch_jobs / "single")[:3]  # the same lr for 3 steps (warmup)
+    bf16 = losses(torch_jobs / "fsdp_bf16")
+    assert max(abs(a - b) / b for a, b in zip(bf16, reference, strict=True)) < 1e-2
+    fp16 = read_metrics(torch_jobs / "fsdp_fp16")
+    assert [r["loss_scale"] for r in fp16] == [2.0**15, 2.0**14, 2.0**13]
 
 
 def test_resume_one_process_run_on_two(torch_jobs: Path) -> None:
@@ -171,6 +184,17 @@ def test_consolidate_gives_the_trained_model(
         assert torch.equal(consolidated(tokens, positions), trained(tokens, positions))
     pipe = CogViewPipeline.from_components(tmp_path / "model", image_tokenizer=image_tokenizer)
     assert pipe.transformer.config == trained.config
+
+
+def test_strategies_need_torchrun_and_consolidate_needs_a_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for key in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(key, raising=False)
+    with pytest.raises(ValueError, match="launch it with torchrun"):
+        train(TrainConfig.from_dict({**BASE, "data": "shards", "strategy": "ddp"}), tmp_path, progress=False)
+    assert main(["consolidate", str(tmp_path), "--out", str(tmp_path / "model")]) == 2
+    assert "is not a training checkpoint" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(
