@@ -117,7 +117,10 @@ def test_drop_caption_on_selected_text_first_rows(vocab: Vocabulary) -> None:
     assert out[0].tolist() == [ROI1, BASE, BOI1, 1, 2, 3, 4, EOI1] + [PAD] * 6
     assert torch.equal(out[1:3], tokens[1:3])  # not selected; image-to-text keeps its target text
     roi2, pos0, boi2 = (vocab.token_id(t) for t in ("[ROI2]", "[POS0]", "[BOI2]"))
-    assert out[3].tolist() == [ROI1, BASE, BOI1, 5, EOI1, roi2, pos0, BASE, boi2, 1, vocab.token_id("[EOI2]")] + [PAD] * 3
+    assert (
+        out[3].tolist()
+        == [ROI1, BASE, BOI1, 5, EOI1, roi2, pos0, BASE, boi2, 1, vocab.token_id("[EOI2]")] + [PAD] * 3
+    )
 
 
 def test_text_token_mask(vocab: Vocabulary) -> None:
