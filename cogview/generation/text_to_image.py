@@ -48,8 +48,9 @@ PROMPT_OVERHEAD = 3
 DEFAULT_MAX_BATCH_SIZE = 16
 
 # Sampling defaults for model folders that name none, and for from_components. Measured on the
-# shipped model (docs/generation.md, "Choosing the defaults"): guidance 1.5 with top-k 20 aligned
-# best for zh and en prompts alike (24% vs 20% unguided); guidance 2 and 3 were worse than none.
+# shipped model (docs/generation.md, "Choosing the defaults"; re-measured on the continued model in
+# docs/default_model.md): guidance 1.5 with top-k 20 aligned best on average for zh and en prompts;
+# guidance 2 and 3 broke colour and position on shapes.
 DEFAULT_SAMPLING: dict[str, SamplingConfig] = {
     "default": SamplingConfig(temperature=1.0, top_k=20, top_p=0.0, guidance_scale=1.5),
 }
