@@ -12,15 +12,6 @@ from cogview.model import PRESETS, CogViewTransformer
 ALLOWED = range(0, 100)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Shared 2-core test machines: OpenMP threads waiting on each other slow tiny ops down 50x.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def model() -> CogViewTransformer:
     torch.manual_seed(0)

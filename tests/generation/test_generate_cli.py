@@ -19,15 +19,6 @@ from cogview.tokenizers.text import TextTokenizer
 from cogview.tokenizers.vqvae import VQVAE, VQVAE_PRESETS
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Shared 2-core test machines: OpenMP threads waiting on each other slow tiny ops down 50x.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(0)

@@ -23,14 +23,6 @@ from cogview.tokenizers.vqvae import VQVAE, VQVAE_PRESETS
 SR_WINDOW = 4  # tiny tokenizer: 32 px -> 8x8 codes; windows of 4x4 low / 8x8 high codes
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _model(vocab_size: int, seed: int) -> CogViewTransformer:
     torch.manual_seed(seed)
     return CogViewTransformer(dataclasses.replace(PRESETS["tiny"], vocab_size=vocab_size)).eval()

@@ -20,14 +20,6 @@ from cogview.tokenizers.text import TextTokenizer
 from cogview.tokenizers.vqvae import VQVAE, VQVAE_PRESETS
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(0)

@@ -27,16 +27,6 @@ SAMPLING = {
 }
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # The test machines share 2 cores; OpenMP threads waiting on each other there make tiny ops
-    # 50x slower. Results do not depend on the thread count.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def parts() -> tuple[CogViewTransformer, TextTokenizer, ImageTokenizer]:
     torch.manual_seed(0)
