@@ -161,10 +161,13 @@ def sample_tokens(
         logits = _restrict(logits, allowed)  # [P*N, V']
         if guided:
             logits = cfg_combine(logits[:N], logits[N:], config.guidance_scale)  # [N, V']
-        ids = sample_from_uniform(process_logits(logits, config), uniforms[:, i]) + offset  # [N]
+        ids = sample_from_uniform(process_logits(logits, config), uniforms[:, i])  # [N]
+        if offset:
+            ids = ids + offset
         yield ids
         if i + 1 < steps:  # feed token i (the same for a row's cond and uncond copies)
-            logits = decode_one_token(model, ids.repeat(P), base + i, cache, kv_len=L + i + 1)  # [P*N, V]
+            fed = ids if P == 1 else ids.repeat(P)  # [P*N]
+            logits = decode_one_token(model, fed, base + i, cache, kv_len=L + i + 1)  # [P*N, V]
 
 
 def generate(
