@@ -38,6 +38,9 @@ def main() -> None:
         help="comma-separated candidates per image to compare (reranking; 1 = off)",
     )
     parser.add_argument("--top-k", type=int, default=None, help="sampling top-k (default: the model's)")
+    parser.add_argument(
+        "--temperature", type=float, default=None, help="sampling temperature (default: the model's)"
+    )
     parser.add_argument("--name", default="alignment", help="file name stem of the JSON result")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
@@ -56,7 +59,11 @@ def main() -> None:
                 (float(s), int(c)) for s in args.guidance.split(",") for c in args.candidates.split(",")
             ]
             for scale, candidates in settings:
-                extra = {"top_k": args.top_k} if args.top_k is not None else {}
+                extra = {
+                    k: v
+                    for k, v in (("top_k", args.top_k), ("temperature", args.temperature))
+                    if v is not None
+                }
                 result = evaluate_alignment(
                     pipe,
                     dataset,
