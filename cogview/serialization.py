@@ -37,9 +37,11 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
-    os.chmod(tmp, 0o644)  # mkstemp creates 0600; saved models should be readable like any file
     try:
         write(tmp)
+        # mkstemp creates 0600 and some writers (safetensors) replace the file: make it readable
+        # like any other saved file, after writing
+        os.chmod(tmp, 0o644)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)

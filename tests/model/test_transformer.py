@@ -323,6 +323,8 @@ def test_save_load_round_trip_gives_identical_logits(tmp_path) -> None:
     model = _model(pb_relax_alpha=32.0, ln_input_scaling="max")
     model.save_pretrained(tmp_path)
     assert (tmp_path / CONFIG_NAME).is_file() and (tmp_path / WEIGHTS_NAME).is_file()
+    for name in (CONFIG_NAME, WEIGHTS_NAME):  # readable by others, like any saved file
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o644, name
     loaded = CogViewTransformer.from_pretrained(tmp_path)
     assert loaded.config == model.config and not loaded.training
     tokens, positions = _tokens(2, 10), torch.arange(10)
