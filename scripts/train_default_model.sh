@@ -2,9 +2,10 @@
 # Reproduce the shipped default model folder from scratch on CPU (several hours on 2 cores; the
 # three transformers can train at the same time, one core each): tokenise the train splits of
 # shapes and digits (both languages) with the shipped tokenizers, train
-#   - the text-to-image transformer (configs/default-t2i.json, then default-t2i-continue.json),
+#   - the text-to-image transformer (configs/default-t2i.json, then default-t2i-continue.json, default-t2i-continue2.json),
 #   - the captioning / scoring transformer (configs/default-caption.json from the first
-#     text-to-image weights, then default-caption-continue.json; image-to-text rows),
+#     text-to-image weights, then default-caption-continue.json and
+#     default-caption-continue2.json; image-to-text rows),
 #   - the super-resolution transformer (configs/default-sr.json, 8x8 -> 16x16 code windows of
 #     shapes rendered at 32 and 64 px),
 # and write the model folder (text-to-image + captioning; INCLUDE_SR=1 adds super-resolution) that CogViewPipeline.from_pretrained() loads by default. Every step
@@ -22,17 +23,21 @@ prep --dataset shapes --split train --out "$OUT/shards/shapes-train-sr" --tasks 
 "$PY" -m cogview train --config configs/default-t2i.json --out "$OUT/default-t2i" --resume
 "$PY" -m cogview train --config configs/default-t2i-continue.json --out "$OUT/default-t2i-continue" --resume \
   --set init_from="$OUT/default-t2i/model"
+"$PY" -m cogview train --config configs/default-t2i-continue2.json --out "$OUT/default-t2i-continue2" --resume \
+  --set init_from="$OUT/default-t2i-continue/model"
 "$PY" -m cogview train --config configs/default-caption.json --out "$OUT/default-caption" --resume \
   --set init_from="$OUT/default-t2i/model"
 "$PY" -m cogview train --config configs/default-caption-continue.json --out "$OUT/default-caption-continue" --resume \
   --set init_from="$OUT/default-caption/model"
+"$PY" -m cogview train --config configs/default-caption-continue2.json --out "$OUT/default-caption-continue2" --resume \
+  --set init_from="$OUT/default-caption-continue/model"
 "$PY" -m cogview train --config configs/default-sr.json --out "$OUT/default-sr" --resume
 "$PY" - <<PYEOF
 from cogview.pipeline import CogViewPipeline
 from cogview.generation.text_to_image import DEFAULT_SAMPLING
 models = {
-    "text_to_image": "$OUT/default-t2i-continue/model",
-    "image_to_text": "$OUT/default-caption-continue/model",
+    "text_to_image": "$OUT/default-t2i-continue2/model",
+    "image_to_text": "$OUT/default-caption-continue2/model",
 }
 # The SR transformer is not shipped yet (docs/default_model.md); INCLUDE_SR=1 adds it.
 if "${INCLUDE_SR:-0}" == "1":
