@@ -32,6 +32,8 @@ prep --dataset shapes --split train --out "$OUT/shards/shapes-train-sr" --tasks 
 "$PY" -m cogview train --config configs/default-caption-continue2.json --out "$OUT/default-caption-continue2" --resume \
   --set init_from="$OUT/default-caption-continue/model"
 "$PY" -m cogview train --config configs/default-sr.json --out "$OUT/default-sr" --resume
+"$PY" -m cogview train --config configs/default-sr-continue.json --out "$OUT/default-sr-continue" --resume \
+  --set init_from="$OUT/default-sr/model"
 "$PY" - <<PYEOF
 from cogview.pipeline import CogViewPipeline
 from cogview.generation.text_to_image import DEFAULT_SAMPLING
@@ -41,6 +43,6 @@ models = {
 }
 # The SR transformer is not shipped yet (docs/default_model.md); INCLUDE_SR=1 adds it.
 if "${INCLUDE_SR:-0}" == "1":
-    models["super_resolution"] = "$OUT/default-sr/model"
+    models["super_resolution"] = "$OUT/default-sr-continue/model"
 CogViewPipeline.from_components(models, sampling=DEFAULT_SAMPLING).save_pretrained("${DEST:-cogview/assets/default}")
 PYEOF
