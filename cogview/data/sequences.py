@@ -229,6 +229,44 @@ def positions_and_mask(
     return positions, loss_mask
 
 
+def _first(tokens: torch.Tensor, token_id: int) -> torch.Tensor:
+    """Index ``[B, 1]`` of the first ``token_id`` in each row, ``L`` where there is none."""
+    hit = tokens == token_id  # B, L
+    return torch.where(hit.any(1), hit.int().argmax(1), tokens.shape[1])[:, None]
+
+
+def sr_cells(tokens: torch.Tensor, vocab: Vocabulary) -> torch.Tensor:
+    """2-D cell ids ``[B, L]`` of super-resolution rows, for models with cell embeddings.
+
+    In a row holding ``[ROI2]``, the ``k``-th low-res code after ``[BOI1]`` gets ``1 + k``, and the
+    2x code at ``(r, c)`` of the window after ``[BOI2]`` gets ``1 + (r // 2) * w + c // 2``: the id
+    of the low-res code covering the same pixels (``w`` = the low crop's side, from its length).
+    Every other token, and every row without ``[ROI2]``, gets 0 ("no cell").
+    """
+    if tokens.ndim != 2:
+        raise ValueError(f"tokens must have shape (B, L), got {tuple(tokens.shape)}")
+    B, L = tokens.shape
+    index = torch.arange(L, device=tokens.device).expand(B, L)  # B, L
+    boi1, eoi1, boi2 = (_first(tokens, vocab.token_id(n)) for n in ("[BOI1]", "[EOI1]", "[BOI2]"))
+    sr = _first(tokens, vocab.token_id("[ROI2]")) < L  # B, 1
+    n_low = eoi1 - boi1 - 1  # B, 1
+    side = n_low.clamp(min=1).double().sqrt().round().long()  # B, 1
+    bad = sr & ((side * side != n_low) | (boi2 >= L))
+    if bool(bad.any()):
+        row = int(bad.nonzero()[0, 0])
+        raise ValueError(
+            f"row {row} holds [ROI2] but not a square low-res crop between [BOI1] and [EOI1] followed "
+            f"by [BOI2] ({int(n_low[row])} codes); it is not a super-resolution row"
+        )
+    image = vocab.is_image(tokens)  # B, L
+    low = sr & image & (index > boi1) & (index < eoi1)  # B, L
+    high = sr & image & (index > boi2)  # B, L
+    k = index - boi2 - 1  # B, L: index in the 2x window, raster order
+    r, c = k // (2 * side), k % (2 * side)
+    cells = torch.where(low, index - boi1, 0)
+    return torch.where(high, 1 + (r // 2) * side + c // 2, cells)
+
+
 def drop_caption(tokens: torch.Tensor, drop: torch.Tensor, vocab: Vocabulary) -> torch.Tensor:
     """Remove the text of the rows selected by ``drop`` that start with ``[ROI1] text [BASE]``.
 

@@ -179,8 +179,10 @@ class SuperResolution(Components):
                 bar.update(n)
         return high
 
-    def _prefix(self, text: list[int], low_crop: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Tokens ``[n, P]`` and positions ``[P + (2 * window)**2]`` of one window's sequence."""
+    def _prefix(
+        self, text: list[int], low_crop: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Tokens ``[n, P]``, positions and cell ids ``[P + (2 * window)**2]`` of one window's sequence."""
         s = 2 * self.window
         template = sequences.super_resolution_window(
             np.asarray(text, dtype=np.int64), low_crop[0].numpy(), np.zeros((s, s), np.int64), self.vocab
@@ -191,7 +193,8 @@ class SuperResolution(Components):
         tail = torch.from_numpy(template.tokens[P - 5 : P].copy())
         n = low_crop.shape[0]
         tokens = torch.cat([head.expand(n, -1), crops, tail.expand(n, -1)], dim=1)  # [n, P]
-        return tokens, torch.from_numpy(template.positions.copy())
+        cells = sequences.sr_cells(torch.from_numpy(template.tokens)[None], self.vocab)[0]
+        return tokens, torch.from_numpy(template.positions.copy()), cells
 
     def _window(
         self,
@@ -204,13 +207,21 @@ class SuperResolution(Components):
     ) -> torch.Tensor:
         """Codes ``[n, s, s]`` of one 2x window: known ones kept, the others sampled in raster order."""
         n, s = low_crop.shape[0], 2 * self.window
-        tokens, positions = self._prefix(text, low_crop)  # [n, P], [P + s*s]
+        tokens, positions, cells = self._prefix(text, low_crop)  # [n, P], [P + s*s] x 2
         P, dev = tokens.shape[1], self.device
         positions = positions.to(dev)
+        cells = cells.to(dev) if self.transformer.config.cell_embeddings else None
         slots = torch.arange(P + s * s, device=dev)
         model = self.transformer
         cache = model.new_cache(n, max_len=P + s * s - 1, device=dev)
-        logits = model(tokens.to(dev), positions[:P], cache, slots[:P], kv_len=P)[:, -1]  # [n, V]
+        logits = model(
+            tokens.to(dev),
+            positions[:P],
+            cache,
+            slots[:P],
+            kv_len=P,
+            cells=None if cells is None else cells[:P],
+        )[:, -1]  # [n, V]
         image = self.vocab.image_range
         flat_known = known.reshape(-1)
         out = current.reshape(n, -1).clone()  # [n, s*s] raw codes
@@ -228,6 +239,7 @@ class SuperResolution(Components):
                 break
             feed = out[:, t:e].to(dev) + image.start  # [n, e - t]
             span = slice(P + t, P + e)
-            logits = model(feed, positions[span], cache, slots[span], kv_len=P + e)[:, -1]  # [n, V]
+            step_cells = None if cells is None else cells[span]
+            logits = model(feed, positions[span], cache, slots[span], kv_len=P + e, cells=step_cells)[:, -1]
             t = e
         return out.view(n, s, s)

@@ -50,6 +50,12 @@ class TransformerConfig:
             eps acts on O(1) inputs: on small activations (variance ~1e-3 at init) that moves logits
             by ~1e-2 against ``"none"``, the effect SPEC 1.4 reports.
         tied_head: compute logits with the word-embedding matrix (no separate output weight).
+        cell_embeddings: rows of an extra learned table added to the input of super-resolution
+            image codes (ours, not in the original; 0 = none, as the released models). Id 0 is
+            "no cell" (a fixed zero row); a low-res code and the four 2x codes that refine it
+            share one id (cogview.data.sequences.sr_cells), so the 2x code can find its source
+            by content instead of through 1-D positions that restart at ``[ROI2]`` and shift with
+            the prompt length. A window of ``w x w`` low-res codes needs ``w * w + 1`` rows.
     """
 
     vocab_size: int = 512
@@ -64,6 +70,7 @@ class TransformerConfig:
     pb_relax_alpha: float | None = None
     ln_input_scaling: str = "none"
     tied_head: bool = True
+    cell_embeddings: int = 0
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "dim", "n_layers", "n_heads", "max_seq_len"):
@@ -84,6 +91,11 @@ class TransformerConfig:
             raise ValueError(f"dropout={self.dropout!r} must be a probability in [0, 1)")
         if not isinstance(self.norm_eps, (int, float)) or self.norm_eps <= 0:
             raise ValueError(f"norm_eps={self.norm_eps!r} must be > 0 (the original uses 1e-5)")
+        cells = self.cell_embeddings
+        if isinstance(cells, bool) or not isinstance(cells, int) or cells < 0:
+            raise ValueError(
+                f"cell_embeddings={cells!r} must be 0 (none) or the number of cell ids (window**2 + 1)"
+            )
         for name in ("sandwich_ln", "tied_head"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name}={getattr(self, name)!r} must be true or false")

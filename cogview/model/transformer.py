@@ -198,9 +198,10 @@ class CogViewTransformer(nn.Module):
         self.config = config
         self.tok_embeddings = nn.Embedding(config.vocab_size, config.dim)
         # Learned 1-D positions over the mixed text+image sequence, as the original (SPEC 1.2).
-        # A 2-D (row, column) embedding for image tokens would be added here, indexed by extra
-        # position ids; the released models have none.
         self.pos_embeddings = nn.Embedding(config.max_seq_len, config.dim)
+        # Optional 2-D cell ids of super-resolution codes (ours; see TransformerConfig).
+        n_cells = config.cell_embeddings
+        self.cell_embeddings = nn.Embedding(n_cells, config.dim, padding_idx=0) if n_cells else None
         self.dropout = _dropout(config.dropout)
         self.layers = nn.ModuleList(Block(config) for _ in range(config.n_layers))
         self.norm = LayerNorm(config.dim, config.norm_eps, config.ln_input_scaling)
@@ -221,6 +222,8 @@ class CogViewTransformer(nn.Module):
                     nn.init.zeros_(module.bias)
             elif isinstance(module, nn.Embedding):
                 nn.init.normal_(module.weight, 0.0, std)
+                if module.padding_idx is not None:
+                    module.weight[module.padding_idx].zero_()
             elif isinstance(module, nn.LayerNorm):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
@@ -232,6 +235,7 @@ class CogViewTransformer(nn.Module):
         cache: KVCache | None = None,
         cache_positions: torch.Tensor | None = None,
         kv_len: int | None = None,
+        cells: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits ``[B, T, V]`` for ``tokens`` ``[B, T]`` at position ids ``positions`` (``[T]`` or ``[B, T]``).
 
@@ -243,6 +247,8 @@ class CogViewTransformer(nn.Module):
         ``kv_len`` (cache only) limits attention to the first ``kv_len`` slots, which must include
         every slot in ``cache_positions``: a decode step then reads only the filled part of a
         preallocated cache (attention cost grows with the text so far, not with ``max_len``).
+        ``cells`` (shaped like ``positions``) are the 2-D cell ids of super-resolution codes, for a
+        model built with ``cell_embeddings`` (cogview.data.sequences.sr_cells); None adds nothing.
         """
         if tokens.dim() != 2:
             raise ValueError(f"tokens must be [B, T], got shape {tuple(tokens.shape)}")
@@ -286,6 +292,8 @@ class CogViewTransformer(nn.Module):
                 )
 
         x = self.tok_embeddings(tokens) + self.pos_embeddings(positions)  # [B, T, dim]
+        if cells is not None:
+            x = x + self._cells(cells, positions.shape)  # [B, T, dim]
         x = self.dropout(x)
         for i, layer in enumerate(self.layers):
             x = layer(x, mask, cache, i, cache_positions)  # [B, T, dim]
@@ -293,6 +301,18 @@ class CogViewTransformer(nn.Module):
         if self.output is None:
             return F.linear(x, self.tok_embeddings.weight)  # [B, T, V]
         return self.output(x)  # [B, T, V]
+
+    def _cells(self, cells: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+        if self.cell_embeddings is None:
+            raise ValueError(
+                "cell ids were given but this model has no cell table (config.cell_embeddings=0); "
+                "train a super-resolution model with model.cell_embeddings set"
+            )
+        if cells.shape != shape:
+            raise ValueError(
+                f"cells must have the shape of positions {tuple(shape)}, got {tuple(cells.shape)}"
+            )
+        return self.cell_embeddings(cells)
 
     def new_cache(
         self,

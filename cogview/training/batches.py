@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from cogview.data.sequences import drop_caption, positions_and_mask, text_token_mask
+from cogview.data.sequences import drop_caption, positions_and_mask, sr_cells, text_token_mask
 from cogview.data.shards import ShardMixture, TokenShards
 from cogview.training.config import TrainConfig
 
@@ -27,6 +27,7 @@ class Batch:
     positions: torch.Tensor  # int64 position ids of the inputs
     loss_mask: torch.Tensor  # float 1 where the target is a real token (not [PAD])
     text_mask: torch.Tensor  # bool True where the input is text or a command (SPEC 4.2)
+    cells: torch.Tensor  # int64 2-D cell ids of super-resolution codes (0 elsewhere; sr_cells)
 
     def to(self, device: torch.device | str) -> Batch:
         return Batch(*(t.to(device, non_blocking=True) for t in self.__dict__.values()))
@@ -48,6 +49,7 @@ def make_batch(tokens: torch.Tensor, vocab: Any, drop: torch.Tensor | None = Non
         positions=positions[:, :-1],
         loss_mask=mask[:, 1:],
         text_mask=text_token_mask(inputs, vocab),
+        cells=sr_cells(tokens, vocab)[:, :-1],
     )
 
 

@@ -21,6 +21,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from cogview.data.shards import open_data
-from cogview.model import CogViewTransformer
+from cogview.model import CogViewTransformer, TransformerConfig
 from cogview.serialization import CONFIG_NAME as MODEL_CONFIG_NAME
 from cogview.serialization import write_json
 from cogview.training import distributed
@@ -113,6 +114,7 @@ def train_step(
     cover all ranks, and a NaN/inf loss skips the step on every rank together.
     """
     rep = replica if replica is not None else Local.of(model, optimizer)
+    uses_cells = rep.module.config.cell_embeddings > 0  # super-resolution models of ours
     device = next(model.parameters()).device
     batches = [b.to(device) for b in batches]
     total_weight = rep.all_reduce(
@@ -125,7 +127,7 @@ def train_step(
     for i, b in enumerate(batches):
         with rep.accumulating(last=i == len(batches) - 1):
             with autocast(device, precision):
-                logits = model(b.inputs, b.positions)  # [B, T, V]
+                logits = model(b.inputs, b.positions, cells=b.cells if uses_cells else None)  # [B, T, V]
             out = next_token_loss(logits, b.targets, b.loss_mask, b.text_mask, text_loss_weight, total_weight)
             if not rep.distributed and not torch.isfinite(out.loss):  # ranks must all run the backward
                 rep.zero_grad()
@@ -207,6 +209,30 @@ def _save_full_model(rep: Local, directory: Path, info: dict[str, Any], env: Dis
     distributed.barrier(env)
 
 
+def init_model(path: Path, model_cfg: TransformerConfig) -> CogViewTransformer:
+    """The model of ``path`` as the start of a run building ``model_cfg``.
+
+    The architectures must match, except that the run may add a cell table the source lacks
+    (``cell_embeddings``, for super-resolution): it starts from its fresh initialisation.
+    """
+    source = CogViewTransformer.from_pretrained(path)
+    if source.config == model_cfg:
+        return source
+    if (
+        source.config.cell_embeddings
+        or dataclasses.replace(source.config, cell_embeddings=model_cfg.cell_embeddings) != model_cfg
+    ):
+        raise ValueError(
+            f"init_from {path} holds a model with config {source.config.to_dict()}, but this run "
+            f"builds {model_cfg.to_dict()}; set model to the same architecture (only cell_embeddings may be added)"
+        )
+    model = CogViewTransformer(model_cfg)
+    missing, unexpected = model.load_state_dict(source.state_dict(), strict=False)
+    if missing != ["cell_embeddings.weight"] or unexpected:
+        raise ValueError(f"init_from {path}: unexpected weights {unexpected}, missing {missing}")
+    return model
+
+
 def train(
     cfg: TrainConfig,
     out_dir: str | os.PathLike,
@@ -272,12 +298,7 @@ def _train(
     torch.manual_seed(cfg.seed)
     state: dict[str, Any] = {}
     if ckpt is None and cfg.init_from:
-        model = CogViewTransformer.from_pretrained(Path(cfg.init_from).expanduser())
-        if model.config != model_cfg:
-            raise ValueError(
-                f"init_from {cfg.init_from} holds a model with config {model.config.to_dict()}, but this run "
-                f"builds {model_cfg.to_dict()}; set model to the same architecture"
-            )
+        model = init_model(Path(cfg.init_from).expanduser(), model_cfg)
     elif ckpt is None:
         model = CogViewTransformer(model_cfg)
     else:

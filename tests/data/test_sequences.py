@@ -11,6 +11,7 @@ from cogview.data.sequences import (
     image_to_text,
     pad,
     positions_and_mask,
+    sr_cells,
     super_resolution,
     super_resolution_window,
     text_to_image,
@@ -128,3 +129,28 @@ def test_text_token_mask(vocab: Vocabulary) -> None:
     mask = text_token_mask(torch.tensor(seq.tokens)[None], vocab)
     # [ROI1] 16 [BASE] [BOI1] code [EOI1] [PAD] [PAD]
     assert mask[0].tolist() == [True, True, True, True, False, True, False, False]
+
+
+def test_sr_cells_pair_each_2x_code_with_its_low_code(vocab: Vocabulary) -> None:
+    low, high = [[1, 2], [3, 4]], np.arange(16).reshape(4, 4) % 16
+    rows = [
+        pad(super_resolution_window(TEXT, low, high, vocab), 32, vocab).tokens,
+        pad(super_resolution_window([], low, high, vocab), 32, vocab).tokens,
+        pad(text_to_image(TEXT, CODES, vocab), 32, vocab).tokens,
+    ]
+    cells = sr_cells(torch.tensor(np.stack(rows)), vocab)
+    # 2x window in raster order: rows 0-1 refine low row 0, rows 2-3 low row 1; columns pair up.
+    high_cells = [1, 1, 2, 2, 1, 1, 2, 2, 3, 3, 4, 4, 3, 3, 4, 4]
+    # [ROI1] text [BASE] [BOI1] | 4 low codes | [EOI1] [ROI2] [POS0] [BASE] [BOI2] | 16 codes | pad
+    assert cells[0].tolist() == [0] * 6 + [1, 2, 3, 4] + [0] * 5 + high_cells + [0] * 1
+    assert cells[1].tolist() == [0] * 3 + [1, 2, 3, 4] + [0] * 5 + high_cells + [0] * 4
+    assert cells[2].tolist() == [0] * 32  # not a super-resolution row
+    # Dropping the caption shifts the row; the cells follow the tokens.
+    dropped = drop_caption(torch.tensor(rows[0])[None], torch.tensor([True]), vocab)
+    assert sr_cells(dropped, vocab)[0].tolist() == cells[1].tolist()
+
+
+def test_sr_cells_refuse_a_row_that_is_not_super_resolution(vocab: Vocabulary) -> None:
+    seq = super_resolution_window([], [[1, 2, 3]], np.zeros((2, 6), np.int64), vocab)  # 1x3 crop
+    with pytest.raises(ValueError, match="not a square low-res crop"):
+        sr_cells(torch.tensor(seq.tokens)[None], vocab)

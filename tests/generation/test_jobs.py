@@ -13,6 +13,7 @@ from PIL import Image
 from cogview.data.prepare import default_vocab
 from cogview.data.windows import Window, magnify_windows
 from cogview.generation.sampling import SamplingConfig
+from cogview.generation.super_resolution import SuperResolution
 from cogview.images import to_pil
 from cogview.model import PRESETS, CogViewTransformer
 from cogview.pipeline import CogViewPipeline
@@ -26,6 +27,12 @@ SR_WINDOW = 4  # tiny tokenizer: 32 px -> 8x8 codes; windows of 4x4 low / 8x8 hi
 def _model(vocab_size: int, seed: int) -> CogViewTransformer:
     torch.manual_seed(seed)
     return CogViewTransformer(dataclasses.replace(PRESETS["tiny"], vocab_size=vocab_size)).eval()
+
+
+def _with_model(sr: SuperResolution, model: CogViewTransformer) -> SuperResolution:
+    return SuperResolution(
+        model, sr.text_tokenizer, sr.image_tokenizer, sr.vocab, window=sr.window, sampling=sr.sampling
+    )
 
 
 @pytest.fixture(scope="module")
@@ -153,7 +160,7 @@ def test_window_sequence_layout_and_positions(pipe: CogViewPipeline) -> None:
     sr, v = pipe.super_resolution, pipe.vocab
     low = torch.arange(16).view(1, 4, 4)
     text = pipe.text_tokenizer.encode_unified("ab", v)
-    tokens, positions = sr._prefix(text, low)
+    tokens, positions, cells = sr._prefix(text, low)
     names = ["[ROI1]"] + ["t"] * len(text) + ["[BASE]", "[BOI1]"] + ["c"] * 16
     names += ["[EOI1]", "[ROI2]", "[POS0]", "[BASE]", "[BOI2]"]
     expected = [v.token_id(n) if n.startswith("[") else None for n in names]
@@ -164,11 +171,22 @@ def test_window_sequence_layout_and_positions(pipe: CogViewPipeline) -> None:
     # Positions count up to [ROI2], which keeps its index; after it they restart at 1 (SPEC 1.2).
     assert positions[: roi2 + 1].tolist() == list(range(roi2 + 1))
     assert positions[roi2 + 1 :].tolist() == list(range(1, len(positions) - roi2))
+    # Cells: low code k -> 1 + k; 2x code (r, c) -> the cell of low code (r // 2, c // 2).
+    high = [1 + (r // 2) * 4 + c // 2 for r in range(8) for c in range(8)]
+    assert cells.tolist() == [0] * (3 + len(text)) + list(range(1, 17)) + [0] * 5 + high
 
 
-def test_greedy_window_decoding_matches_full_forward(pipe: CogViewPipeline) -> None:
+@pytest.mark.parametrize("with_cells", [False, True])
+def test_greedy_window_decoding_matches_full_forward(pipe: CogViewPipeline, with_cells: bool) -> None:
     """The cached, teacher-forced window decode equals argmax over full-sequence logits."""
     sr, v = pipe.super_resolution, pipe.vocab
+    if with_cells:  # a model with a cell table (SR_WINDOW**2 + 1 ids), trained cells made visible
+        torch.manual_seed(5)
+        config = dataclasses.replace(sr.transformer.config, cell_embeddings=SR_WINDOW**2 + 1)
+        model = CogViewTransformer(config).eval()
+        with torch.no_grad():
+            model.cell_embeddings.weight.mul_(50)
+        sr = _with_model(sr, model)
     g = torch.Generator().manual_seed(0)
     low = torch.randint(0, v.image_size, (2, 4, 4), generator=g)
     current = torch.randint(0, v.image_size, (2, 8, 8), generator=g)
@@ -177,10 +195,12 @@ def test_greedy_window_decoding_matches_full_forward(pipe: CogViewPipeline) -> N
     uniforms = torch.rand(2, 64, generator=g)
     out = sr._window(low, current, known, [], uniforms, SamplingConfig(top_k=1))
     assert torch.equal(out[:, known], current[:, known])
-    tokens, positions = sr._prefix([], low)
+    tokens, positions, cells = sr._prefix([], low)
     seq = torch.cat([tokens, out.view(2, -1) + v.image_range.start], dim=1)
     with torch.no_grad():
-        logits = sr.transformer(seq[:, :-1], positions[:-1])
+        logits = sr.transformer(seq[:, :-1], positions[:-1], cells=cells[:-1] if with_cells else None)
+        if with_cells:  # the cells change the result, so the decode above did use them
+            assert not torch.equal(logits, sr.transformer(seq[:, :-1], positions[:-1]))
     P = tokens.shape[1]
     predicted = logits[:, P - 1 :, v.image_range.start : v.image_range.stop].argmax(-1)  # [2, 64]
     free = ~known.view(-1)

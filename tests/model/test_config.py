@@ -62,6 +62,7 @@ def test_config_is_frozen() -> None:
         ({"pb_relax_alpha": True}, "pb_relax_alpha=True"),
         ({"ln_input_scaling": "global"}, "ln_input_scaling='global' is not one of"),
         ({"sandwich_ln": 1}, "sandwich_ln=1 must be true or false"),
+        ({"cell_embeddings": -1}, "cell_embeddings=-1 must be 0"),
     ],
 )
 def test_invalid_configs_say_what_is_wrong(kwargs: dict, fragment: str) -> None:

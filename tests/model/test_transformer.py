@@ -362,3 +362,20 @@ def test_loading_with_a_mismatched_config_raises(tmp_path, change: dict, fragmen
 def test_loading_a_missing_folder_raises(tmp_path) -> None:
     with pytest.raises(CheckpointError, match="does not exist"):
         CogViewTransformer.from_pretrained(tmp_path / "nowhere")
+
+
+def test_cell_table_adds_to_the_input_and_cell_zero_is_nothing() -> None:
+    torch.manual_seed(0)
+    model = CogViewTransformer(dataclasses.replace(PRESETS["tiny"], cell_embeddings=5)).eval()
+    assert torch.count_nonzero(model.cell_embeddings.weight[0]) == 0
+    tokens, positions = torch.randint(0, 512, (2, 6)), torch.arange(6)
+    plain = model(tokens, positions)
+    assert torch.equal(model(tokens, positions, cells=torch.zeros(6, dtype=torch.long)), plain)
+    cells = torch.tensor([0, 0, 1, 2, 1, 2])
+    assert not torch.allclose(model(tokens, positions, cells=cells)[:, 2:], plain[:, 2:])
+    assert torch.equal(model(tokens, positions, cells=cells)[:, :2], plain[:, :2])
+    with pytest.raises(ValueError, match="shape of positions"):
+        model(tokens, positions, cells=cells[:5])
+    without = CogViewTransformer(PRESETS["tiny"])
+    with pytest.raises(ValueError, match="no cell table"):
+        without(tokens, positions, cells=cells)

@@ -73,3 +73,36 @@ def test_init_from_with_another_architecture_is_refused(shards: Path, tmp_path: 
             tmp_path / "x",
             progress=False,
         )
+
+
+def test_a_run_may_add_a_cell_table_and_trains_it(tmp_path: Path) -> None:
+    """Super-resolution fine-tuning: every weight but the new cell table starts from init_from."""
+    torch.manual_seed(0)
+    sr_shards = tmp_path / "sr"
+    prepare(
+        "shapes",
+        sr_shards,
+        image_tokenizer=ImageTokenizer(VQVAE(VQVAE_PRESETS["tiny"])),
+        text_tokenizer=TextTokenizer.from_pretrained(),
+        tasks=("super_resolution",),
+        sr_window=4,
+        max_examples=8,
+        text_budget=8,
+        progress=False,
+    )
+    model = {"preset": "tiny", "max_seq_len": 96}
+    train(config(sr_shards, model=model), tmp_path / "first", progress=False)
+    first = CogViewTransformer.from_pretrained(tmp_path / "first" / "model")
+    seen = {}
+    train(
+        config(
+            sr_shards, model={**model, "cell_embeddings": 17}, init_from=str(tmp_path / "first" / "model")
+        ),
+        tmp_path / "second",
+        progress=False,
+        on_model=lambda m: seen.update({k: v.clone() for k, v in m.state_dict().items()}),
+    )
+    assert all(torch.equal(seen[k], v) for k, v in first.state_dict().items())
+    table = CogViewTransformer.from_pretrained(tmp_path / "second" / "model").cell_embeddings.weight
+    assert torch.count_nonzero(table[0]) == 0  # "no cell" stays zero
+    assert not torch.allclose(table[1:], seen["cell_embeddings.weight"][1:])  # the cells trained
