@@ -14,6 +14,7 @@ single-process run; checkpoints are then sharded (cogview.training.sharded_check
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -21,7 +22,6 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
