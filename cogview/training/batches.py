@@ -37,19 +37,35 @@ class Batch:
         return self.inputs.numel()
 
 
-def make_batch(tokens: torch.Tensor, vocab: Any, drop: torch.Tensor | None = None) -> Batch:
-    """Token rows ``[B, L]`` -> a shifted :class:`Batch`; rows with ``drop`` True lose their caption."""
+def make_batch(
+    tokens: torch.Tensor,
+    vocab: Any,
+    drop: torch.Tensor | None = None,
+    noise: tuple[float, torch.Generator] | None = None,
+) -> Batch:
+    """Token rows ``[B, L]`` -> a shifted :class:`Batch`; rows with ``drop`` True lose their caption.
+
+    ``noise = (rate, generator)`` replaces that fraction of the super-resolution 2x input codes
+    (after ``[BOI2]``) by uniformly random codes; targets stay the true codes.
+    """
     if drop is not None and bool(drop.any()):
         tokens = drop_caption(tokens, drop, vocab)  # [B, L]
     positions, mask = positions_and_mask(tokens, vocab)  # [B, L] each
+    cells = sr_cells(tokens, vocab)  # [B, L]
     inputs = tokens[:, :-1]  # [B, T]
+    if noise is not None and noise[0] > 0:
+        rate, g = noise
+        high = (cells[:, :-1] > 0) & ((inputs == vocab.token_id("[BOI2]")).cumsum(1) > 0)  # [B, T]
+        flip = high & (torch.rand(inputs.shape, generator=g) < rate)
+        codes = torch.randint(vocab.image_range.start, vocab.image_range.stop, inputs.shape, generator=g)
+        inputs = torch.where(flip, codes, inputs)
     return Batch(
         inputs=inputs,
         targets=tokens[:, 1:],
         positions=positions[:, :-1],
         loss_mask=mask[:, 1:],
         text_mask=text_token_mask(inputs, vocab),
-        cells=sr_cells(tokens, vocab)[:, :-1],
+        cells=cells[:, :-1],
     )
 
 
@@ -73,7 +89,7 @@ class BatchSource:
         self.shards = shards
         self.vocab = shards.vocab
         self.seed, self.batch_size, self.grad_accum = cfg.seed, cfg.batch_size, cfg.grad_accum
-        self.caption_dropout = cfg.caption_dropout
+        self.caption_dropout, self.sr_input_noise = cfg.caption_dropout, cfg.sr_input_noise
         self.rank, self.world_size = rank, world_size
         self._perms: dict[int, np.ndarray] = {}  # a cache; the result never depends on it
 
@@ -102,6 +118,13 @@ class BatchSource:
         g = torch.Generator().manual_seed(seed)
         return torch.rand(size, generator=g) < self.caption_dropout
 
+    def noise(self, step: int, micro: int) -> tuple[float, torch.Generator] | None:
+        """Input-noise settings of one micro-batch, seeded by (seed, step, micro, rank)."""
+        if self.sr_input_noise <= 0:
+            return None
+        seed = int(np.random.SeedSequence([self.seed, step, micro, self.rank, 0x5E7]).generate_state(1)[0])
+        return self.sr_input_noise, torch.Generator().manual_seed(seed)
+
     def step_batches(self, step: int) -> list[Batch]:
         """This rank's part of every micro-batch of optimizer step ``step`` (CPU tensors)."""
         drops = self.caption_drops(step).view(self.grad_accum, self.world_size, -1)[:, self.rank]
@@ -110,6 +133,7 @@ class BatchSource:
                 torch.from_numpy(self.shards.rows_of_rank(self.indices(step, m), self.rank, self.world_size)),
                 self.vocab,
                 drops[m],
+                self.noise(step, m),
             )
             for m in range(self.grad_accum)
         ]

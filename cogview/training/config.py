@@ -66,6 +66,10 @@ class TrainConfig:
     grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping (the norm is still logged)
     text_loss_weight: float = 1.0  # SPEC 4.2 --txt-loss-scale: weight of positions whose input is text
     caption_dropout: float = 0.0  # probability of training a sequence with an empty caption (for CFG)
+    # Fraction of the 2x input codes of super-resolution rows replaced by random codes (targets
+    # unchanged): a model that may not trust the previous code must read the low-res crop, which
+    # is what keeps free decoding from copying its own first mistake across a window.
+    sr_input_noise: float = 0.0
     precision: str = "fp32"  # "fp32", or autocast to "bf16" / "fp16" (fp16 adds dynamic loss scaling)
     device: str = "auto"  # "auto" = cuda when available, else cpu
     log_every: int = 10  # steps per metrics.jsonl row
@@ -115,6 +119,7 @@ class TrainConfig:
         _require(
             "caption_dropout", 0 <= self.caption_dropout <= 1, "a probability in [0, 1]", self.caption_dropout
         )
+        _require("sr_input_noise", 0 <= self.sr_input_noise < 1, "a fraction in [0, 1)", self.sr_input_noise)
         _require("precision", self.precision in PRECISIONS, f"one of {list(PRECISIONS)}", self.precision)
         _require("device", self.device in DEVICES, f"one of {list(DEVICES)}", self.device)
         _require("strategy", self.strategy in STRATEGIES, f"one of {list(STRATEGIES)}", self.strategy)
@@ -188,8 +193,13 @@ class TrainConfig:
     def resume_mismatches(self, other: dict[str, Any]) -> list[str]:
         """Keys (besides :data:`RESUMABLE_CHANGES`) whose values differ from a stored config dict."""
         mine = self.to_dict()
+        # A key an older checkpoint does not record matches when this run leaves it at its default.
+        defaults = TrainConfig(data=self.data).to_dict()
         return sorted(
-            k for k in set(mine) | set(other) if k not in RESUMABLE_CHANGES and mine.get(k) != other.get(k)
+            k
+            for k in set(mine) | set(other)
+            if k not in RESUMABLE_CHANGES
+            and mine.get(k) != other.get(k, defaults.get(k) if k in mine else None)
         )
 
 

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from cogview.data.prepare import prepare
+from cogview.data.shards import TokenShards
 from cogview.model import CogViewTransformer
 from cogview.tokenizers.image import ImageTokenizer
 from cogview.tokenizers.text import TextTokenizer
 from cogview.tokenizers.vqvae import VQVAE, VQVAE_PRESETS
+from cogview.training.batches import make_batch
 from cogview.training.config import TrainConfig
 from cogview.training.loop import train
 
@@ -75,13 +78,13 @@ def test_init_from_with_another_architecture_is_refused(shards: Path, tmp_path: 
         )
 
 
-def test_a_run_may_add_a_cell_table_and_trains_it(tmp_path: Path) -> None:
-    """Super-resolution fine-tuning: every weight but the new cell table starts from init_from."""
+@pytest.fixture(scope="module")
+def sr_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(0)
-    sr_shards = tmp_path / "sr"
+    out = tmp_path_factory.mktemp("sr") / "shapes-sr"
     prepare(
         "shapes",
-        sr_shards,
+        out,
         image_tokenizer=ImageTokenizer(VQVAE(VQVAE_PRESETS["tiny"])),
         text_tokenizer=TextTokenizer.from_pretrained(),
         tasks=("super_resolution",),
@@ -90,6 +93,11 @@ def test_a_run_may_add_a_cell_table_and_trains_it(tmp_path: Path) -> None:
         text_budget=8,
         progress=False,
     )
+    return out
+
+
+def test_a_run_may_add_a_cell_table_and_trains_it(sr_shards: Path, tmp_path: Path) -> None:
+    """Super-resolution fine-tuning: every weight but the new cell table starts from init_from."""
     model = {"preset": "tiny", "max_seq_len": 96}
     train(config(sr_shards, model=model), tmp_path / "first", progress=False)
     first = CogViewTransformer.from_pretrained(tmp_path / "first" / "model")
@@ -106,3 +114,19 @@ def test_a_run_may_add_a_cell_table_and_trains_it(tmp_path: Path) -> None:
     table = CogViewTransformer.from_pretrained(tmp_path / "second" / "model").cell_embeddings.weight
     assert torch.count_nonzero(table[0]) == 0  # "no cell" stays zero
     assert not torch.allclose(table[1:], seen["cell_embeddings.weight"][1:])  # the cells trained
+
+
+def test_sr_input_noise_corrupts_only_2x_inputs_and_is_seeded(sr_shards: Path) -> None:
+    data = TokenShards.open(sr_shards)
+    tokens = torch.from_numpy(data.rows(np.arange(8)))
+    clean = make_batch(tokens, data.vocab)
+    noisy = make_batch(tokens, data.vocab, noise=(0.5, torch.Generator().manual_seed(1)))
+    again = make_batch(tokens, data.vocab, noise=(0.5, torch.Generator().manual_seed(1)))
+    assert torch.equal(noisy.inputs, again.inputs)
+    assert torch.equal(noisy.targets, clean.targets) and torch.equal(noisy.cells, clean.cells)
+    changed = noisy.inputs != clean.inputs
+    boi2 = data.vocab.token_id("[BOI2]")
+    high = (clean.cells > 0) & ((clean.inputs == boi2).cumsum(1) > 0)
+    assert not changed[~high].any()  # text, layout tokens and the low-res crop are untouched
+    assert 0.4 < changed[high].float().mean() < 0.55  # ~rate, less the draws that hit the true code
+    assert data.vocab.is_image(noisy.inputs[changed]).all()

@@ -82,6 +82,12 @@ def test_resume_may_change_only_harmless_keys() -> None:
         TrainConfig(data="b", model="tiny", keep_last=9, checkpoint_every=7).resume_mismatches(stored) == []
     )
     assert TrainConfig(data="a", model="tiny", lr=1.0, seed=3).resume_mismatches(stored) == ["lr", "seed"]
+    # A key added after a checkpoint was written compares with its default.
+    older = {k: v for k, v in stored.items() if k != "sr_input_noise"}
+    assert cfg.resume_mismatches(older) == []
+    assert TrainConfig(data="a", model="tiny", sr_input_noise=0.2).resume_mismatches(older) == [
+        "sr_input_noise"
+    ]
 
 
 @pytest.mark.parametrize("name", ["tiny", "small", "cogview-4b"])
