@@ -2,7 +2,7 @@
 # Reproduce the shipped default model folder from scratch on CPU (several hours on 2 cores; the
 # three transformers can train at the same time, one core each): tokenise the train splits of
 # shapes and digits (both languages) with the shipped tokenizers, train
-#   - the text-to-image transformer (configs/default-t2i.json, then default-t2i-continue.json, default-t2i-continue2.json),
+#   - the text-to-image transformer (configs/default-t2i.json, then default-t2i-continue.json, -continue2.json, -continue3.json),
 #   - the captioning / scoring transformer (configs/default-caption.json from the first
 #     text-to-image weights, then default-caption-continue.json and
 #     default-caption-continue2.json; image-to-text rows),
@@ -25,6 +25,8 @@ prep --dataset shapes --split train --out "$OUT/shards/shapes-train-sr" --tasks 
   --set init_from="$OUT/default-t2i/model"
 "$PY" -m cogview train --config configs/default-t2i-continue2.json --out "$OUT/default-t2i-continue2" --resume \
   --set init_from="$OUT/default-t2i-continue/model"
+"$PY" -m cogview train --config configs/default-t2i-continue3.json --out "$OUT/default-t2i-continue3" --resume \
+  --set init_from="$OUT/default-t2i-continue2/model"
 "$PY" -m cogview train --config configs/default-caption.json --out "$OUT/default-caption" --resume \
   --set init_from="$OUT/default-t2i/model"
 "$PY" -m cogview train --config configs/default-caption-continue.json --out "$OUT/default-caption-continue" --resume \
@@ -34,6 +36,9 @@ prep --dataset shapes --split train --out "$OUT/shards/shapes-train-sr" --tasks 
 "$PY" -m cogview train --config configs/default-sr.json --out "$OUT/default-sr" --resume
 "$PY" -m cogview train --config configs/default-sr-continue.json --out "$OUT/default-sr-continue" --resume \
   --set init_from="$OUT/default-sr/model"
+# Cell inputs + input noise (docs/jobs.md, super-resolution).
+"$PY" -m cogview train --config configs/default-sr-cells.json --out "$OUT/default-sr-cells" --resume \
+  --set init_from="$OUT/default-sr-continue/model"
 "$PY" - <<PYEOF
 from cogview.pipeline import CogViewPipeline
 from cogview.generation.text_to_image import DEFAULT_SAMPLING

@@ -267,6 +267,19 @@ def sr_cells(tokens: torch.Tensor, vocab: Vocabulary) -> torch.Tensor:
     return torch.where(high, 1 + (r // 2) * side + c // 2, cells)
 
 
+def sr_sources(tokens: torch.Tensor, vocab: Vocabulary) -> torch.Tensor:
+    """Token ids ``[B, L]`` of the low-res code each super-resolution 2x code refines; -1 elsewhere.
+
+    The 2x code with cell id ``c`` (:func:`sr_cells`) gets the token of the low-res crop's
+    ``c``-th code (the token right after ``[BOI1]`` has cell 1).
+    """
+    cells = sr_cells(tokens, vocab)  # B, L
+    boi1 = _first(tokens, vocab.token_id("[BOI1]"))  # B, 1
+    high = (cells > 0) & ((tokens == vocab.token_id("[BOI2]")).cumsum(1) > 0)  # B, L
+    index = (boi1 + cells).clamp(max=tokens.shape[1] - 1)  # B, L
+    return torch.where(high, tokens.gather(1, index), -1)
+
+
 def drop_caption(tokens: torch.Tensor, drop: torch.Tensor, vocab: Vocabulary) -> torch.Tensor:
     """Remove the text of the rows selected by ``drop`` that start with ``[ROI1] text [BASE]``.
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -33,6 +34,15 @@ from cogview.tokenizers.vocab import Vocabulary
 DEFAULT_SR_SAMPLING = SamplingConfig(temperature=1.0, top_k=1)
 DEFAULT_MAX_BATCH_SIZE = 16
 LAYOUT_TOKENS = 8  # [ROI1] [BASE] [BOI1] [EOI1] [ROI2] [POS0] [BASE] [BOI2]
+
+
+class WindowInputs(NamedTuple):
+    """One window's model inputs: the prefix tokens and per-token inputs of the whole sequence."""
+
+    tokens: torch.Tensor  # [n, P] through [BOI2]
+    positions: torch.Tensor  # [P + s*s] ids, restarting after [ROI2]
+    cells: torch.Tensor  # [P + s*s] 2-D cell id of the *next* token (sequences.sr_cells, shifted)
+    sources: torch.Tensor  # [n, P + s*s] low-res token the *next* 2x code refines, -1 elsewhere
 
 
 class SuperResolution(Components):
@@ -179,10 +189,8 @@ class SuperResolution(Components):
                 bar.update(n)
         return high
 
-    def _prefix(
-        self, text: list[int], low_crop: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Tokens ``[n, P]``, positions and cell ids ``[P + (2 * window)**2]`` of one window's sequence."""
+    def _prefix(self, text: list[int], low_crop: torch.Tensor) -> WindowInputs:
+        """Tokens ``[n, P]`` and the per-token inputs of the whole sequence of one window."""
         s = 2 * self.window
         template = sequences.super_resolution_window(
             np.asarray(text, dtype=np.int64), low_crop[0].numpy(), np.zeros((s, s), np.int64), self.vocab
@@ -193,8 +201,16 @@ class SuperResolution(Components):
         tail = torch.from_numpy(template.tokens[P - 5 : P].copy())
         n = low_crop.shape[0]
         tokens = torch.cat([head.expand(n, -1), crops, tail.expand(n, -1)], dim=1)  # [n, P]
-        cells = sequences.sr_cells(torch.from_numpy(template.tokens)[None], self.vocab)[0]
-        return tokens, torch.from_numpy(template.positions.copy()), cells
+        # Each position is given the cell / source of the token it predicts: the next one.
+        cells = sequences.sr_cells(torch.from_numpy(template.tokens)[None], self.vocab)  # [1, P + s*s]
+        rows = torch.cat([tokens, torch.full((n, s * s), self.vocab.image_range.start)], dim=1)
+        sources = sequences.sr_sources(rows, self.vocab)  # [n, P + s*s]; the 2x codes do not matter
+        return WindowInputs(
+            tokens,
+            torch.from_numpy(template.positions.copy()),
+            torch.cat([cells[0, 1:], cells.new_zeros(1)]),
+            torch.cat([sources[:, 1:], sources.new_full((n, 1), -1)], dim=1),
+        )
 
     def _window(
         self,
@@ -207,21 +223,25 @@ class SuperResolution(Components):
     ) -> torch.Tensor:
         """Codes ``[n, s, s]`` of one 2x window: known ones kept, the others sampled in raster order."""
         n, s = low_crop.shape[0], 2 * self.window
-        tokens, positions, cells = self._prefix(text, low_crop)  # [n, P], [P + s*s] x 2
-        P, dev = tokens.shape[1], self.device
-        positions = positions.to(dev)
-        cells = cells.to(dev) if self.transformer.config.cell_embeddings else None
-        slots = torch.arange(P + s * s, device=dev)
+        inputs = self._prefix(text, low_crop)
+        P, dev = inputs.tokens.shape[1], self.device
+        positions = inputs.positions.to(dev)
         model = self.transformer
+        cells = inputs.cells.to(dev) if model.config.cell_embeddings else None  # [P + s*s]
+        sources = inputs.sources.to(dev) if model.config.cell_sources else None  # [n, P + s*s]
+
+        def extras(span: slice) -> dict[str, torch.Tensor | None]:
+            return {
+                "cells": None if cells is None else cells[span],
+                "sources": None if sources is None else sources[:, span],
+            }
+
+        slots = torch.arange(P + s * s, device=dev)
         cache = model.new_cache(n, max_len=P + s * s - 1, device=dev)
-        logits = model(
-            tokens.to(dev),
-            positions[:P],
-            cache,
-            slots[:P],
-            kv_len=P,
-            cells=None if cells is None else cells[:P],
-        )[:, -1]  # [n, V]
+        head = slice(0, P)
+        logits = model(inputs.tokens.to(dev), positions[head], cache, slots[head], kv_len=P, **extras(head))[
+            :, -1
+        ]  # [n, V]
         image = self.vocab.image_range
         flat_known = known.reshape(-1)
         out = current.reshape(n, -1).clone()  # [n, s*s] raw codes
@@ -239,7 +259,6 @@ class SuperResolution(Components):
                 break
             feed = out[:, t:e].to(dev) + image.start  # [n, e - t]
             span = slice(P + t, P + e)
-            step_cells = None if cells is None else cells[span]
-            logits = model(feed, positions[span], cache, slots[span], kv_len=P + e, cells=step_cells)[:, -1]
+            logits = model(feed, positions[span], cache, slots[span], kv_len=P + e, **extras(span))[:, -1]
             t = e
         return out.view(n, s, s)

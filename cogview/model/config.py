@@ -50,12 +50,18 @@ class TransformerConfig:
             eps acts on O(1) inputs: on small activations (variance ~1e-3 at init) that moves logits
             by ~1e-2 against ``"none"``, the effect SPEC 1.4 reports.
         tied_head: compute logits with the word-embedding matrix (no separate output weight).
-        cell_embeddings: rows of an extra learned table added to the input of super-resolution
-            image codes (ours, not in the original; 0 = none, as the released models). Id 0 is
-            "no cell" (a fixed zero row); a low-res code and the four 2x codes that refine it
-            share one id (cogview.data.sequences.sr_cells), so the 2x code can find its source
-            by content instead of through 1-D positions that restart at ``[ROI2]`` and shift with
-            the prompt length. A window of ``w x w`` low-res codes needs ``w * w + 1`` rows.
+        cell_embeddings: rows of an extra learned table of 2-D cells of super-resolution codes
+            (ours, not in the original; 0 = none, as the released models). Each position gets
+            the row of the token it predicts. Id 0 is "no cell" (a fixed zero row); a low-res
+            code and the four 2x codes that refine it share one id
+            (cogview.data.sequences.sr_cells), so a 2x code can find its source by content
+            instead of through 1-D positions that restart at ``[ROI2]`` and shift with the
+            prompt length. A window of ``w x w`` low-res codes needs ``w * w + 1`` rows.
+        cell_sources: add at the position before each super-resolution 2x code a learned linear
+            map (zero at initialisation) of the word embedding of the low-res code that 2x code
+            refines (ours; False in the original): a skip connection across the sequence, so
+            predicting the four 2x codes of a low-res code starts from that code instead of
+            from a search for it.
     """
 
     vocab_size: int = 512
@@ -71,6 +77,7 @@ class TransformerConfig:
     ln_input_scaling: str = "none"
     tied_head: bool = True
     cell_embeddings: int = 0
+    cell_sources: bool = False
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "dim", "n_layers", "n_heads", "max_seq_len"):
@@ -96,7 +103,7 @@ class TransformerConfig:
             raise ValueError(
                 f"cell_embeddings={cells!r} must be 0 (none) or the number of cell ids (window**2 + 1)"
             )
-        for name in ("sandwich_ln", "tied_head"):
+        for name in ("sandwich_ln", "tied_head", "cell_sources"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name}={getattr(self, name)!r} must be true or false")
         alpha = self.pb_relax_alpha

@@ -187,6 +187,11 @@ class Block(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------
+def _check_per_token(name: str, ids: torch.Tensor, T: int) -> None:
+    if ids.dim() not in (1, 2) or ids.shape[-1] != T:
+        raise ValueError(f"{name} must be [T] or [B, T] with T={T}, got shape {tuple(ids.shape)}")
+
+
 # model
 
 
@@ -202,6 +207,7 @@ class CogViewTransformer(nn.Module):
         # Optional 2-D cell ids of super-resolution codes (ours; see TransformerConfig).
         n_cells = config.cell_embeddings
         self.cell_embeddings = nn.Embedding(n_cells, config.dim, padding_idx=0) if n_cells else None
+        self.cell_sources = nn.Linear(config.dim, config.dim, bias=False) if config.cell_sources else None
         self.dropout = _dropout(config.dropout)
         self.layers = nn.ModuleList(Block(config) for _ in range(config.n_layers))
         self.norm = LayerNorm(config.dim, config.norm_eps, config.ln_input_scaling)
@@ -214,7 +220,9 @@ class CogViewTransformer(nn.Module):
         """Initialise as SPEC 1.6: N(0, 0.02); output projections N(0, 0.02/sqrt(2L)); biases 0; LN 1/0."""
         std, out_std = 0.02, 0.02 / math.sqrt(2 * self.config.n_layers)
         for name, module in self.named_modules():
-            if isinstance(module, nn.Linear):
+            if name == "cell_sources":  # zero: a model that gains it computes what it did before
+                nn.init.zeros_(module.weight)
+            elif isinstance(module, nn.Linear):
                 nn.init.normal_(
                     module.weight, 0.0, out_std if name.endswith(("attention.wo", "feed_forward.w2")) else std
                 )
@@ -236,6 +244,7 @@ class CogViewTransformer(nn.Module):
         cache_positions: torch.Tensor | None = None,
         kv_len: int | None = None,
         cells: torch.Tensor | None = None,
+        sources: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits ``[B, T, V]`` for ``tokens`` ``[B, T]`` at position ids ``positions`` (``[T]`` or ``[B, T]``).
 
@@ -247,8 +256,10 @@ class CogViewTransformer(nn.Module):
         ``kv_len`` (cache only) limits attention to the first ``kv_len`` slots, which must include
         every slot in ``cache_positions``: a decode step then reads only the filled part of a
         preallocated cache (attention cost grows with the text so far, not with ``max_len``).
-        ``cells`` (shaped like ``positions``) are the 2-D cell ids of super-resolution codes, for a
-        model built with ``cell_embeddings`` (cogview.data.sequences.sr_cells); None adds nothing.
+        ``cells`` are 2-D cell ids for a model built with ``cell_embeddings``, ``sources`` low-res
+        token ids (-1: none) for one built with ``cell_sources``: at each position, those of the
+        token it predicts (cogview.data.sequences.sr_cells / sr_sources of the next token).
+        Both may be ``[T]`` or ``[B, T]``; None adds nothing.
         """
         if tokens.dim() != 2:
             raise ValueError(f"tokens must be [B, T], got shape {tuple(tokens.shape)}")
@@ -293,7 +304,9 @@ class CogViewTransformer(nn.Module):
 
         x = self.tok_embeddings(tokens) + self.pos_embeddings(positions)  # [B, T, dim]
         if cells is not None:
-            x = x + self._cells(cells, positions.shape)  # [B, T, dim]
+            x = x + self._cells(cells, T)  # [B, T, dim]
+        if sources is not None:
+            x = x + self._sources(sources, T)  # [B, T, dim]
         x = self.dropout(x)
         for i, layer in enumerate(self.layers):
             x = layer(x, mask, cache, i, cache_positions)  # [B, T, dim]
@@ -302,17 +315,25 @@ class CogViewTransformer(nn.Module):
             return F.linear(x, self.tok_embeddings.weight)  # [B, T, V]
         return self.output(x)  # [B, T, V]
 
-    def _cells(self, cells: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    def _cells(self, cells: torch.Tensor, T: int) -> torch.Tensor:
         if self.cell_embeddings is None:
             raise ValueError(
                 "cell ids were given but this model has no cell table (config.cell_embeddings=0); "
                 "train a super-resolution model with model.cell_embeddings set"
             )
-        if cells.shape != shape:
-            raise ValueError(
-                f"cells must have the shape of positions {tuple(shape)}, got {tuple(cells.shape)}"
-            )
+        _check_per_token("cells", cells, T)
         return self.cell_embeddings(cells)
+
+    def _sources(self, sources: torch.Tensor, T: int) -> torch.Tensor:
+        if self.cell_sources is None:
+            raise ValueError(
+                "source ids were given but this model has no source map (config.cell_sources=false); "
+                "train a super-resolution model with model.cell_sources set"
+            )
+        _check_per_token("sources", sources, T)
+        given = (sources >= 0).unsqueeze(-1)  # [(B,) T, 1]
+        embedded = self.tok_embeddings(sources.clamp(min=0)) * given  # [(B,) T, dim]
+        return self.cell_sources(embedded)
 
     def new_cache(
         self,

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from cogview.data.sequences import drop_caption, positions_and_mask, sr_cells, text_token_mask
+from cogview.data.sequences import drop_caption, positions_and_mask, sr_cells, sr_sources, text_token_mask
 from cogview.data.shards import ShardMixture, TokenShards
 from cogview.training.config import TrainConfig
 
@@ -27,7 +27,10 @@ class Batch:
     positions: torch.Tensor  # int64 position ids of the inputs
     loss_mask: torch.Tensor  # float 1 where the target is a real token (not [PAD])
     text_mask: torch.Tensor  # bool True where the input is text or a command (SPEC 4.2)
-    cells: torch.Tensor  # int64 2-D cell ids of super-resolution codes (0 elsewhere; sr_cells)
+    # Super-resolution inputs describe the token each position predicts (the target), so the
+    # position before a 2x code is told which low-res code that code refines.
+    cells: torch.Tensor  # int64 2-D cell id of the target (0 elsewhere; sr_cells)
+    sources: torch.Tensor  # int64 low-res token the target refines (-1 elsewhere; sr_sources)
 
     def to(self, device: torch.device | str) -> Batch:
         return Batch(*(t.to(device, non_blocking=True) for t in self.__dict__.values()))
@@ -65,7 +68,8 @@ def make_batch(
         positions=positions[:, :-1],
         loss_mask=mask[:, 1:],
         text_mask=text_token_mask(inputs, vocab),
-        cells=cells[:, :-1],
+        cells=cells[:, 1:],
+        sources=sr_sources(tokens, vocab)[:, 1:],
     )
 
 

@@ -114,7 +114,8 @@ def train_step(
     cover all ranks, and a NaN/inf loss skips the step on every rank together.
     """
     rep = replica if replica is not None else Local.of(model, optimizer)
-    uses_cells = rep.module.config.cell_embeddings > 0  # super-resolution models of ours
+    config = rep.module.config  # super-resolution models of ours take cell inputs
+    uses_cells, uses_sources = config.cell_embeddings > 0, config.cell_sources
     device = next(model.parameters()).device
     batches = [b.to(device) for b in batches]
     total_weight = rep.all_reduce(
@@ -127,7 +128,12 @@ def train_step(
     for i, b in enumerate(batches):
         with rep.accumulating(last=i == len(batches) - 1):
             with autocast(device, precision):
-                logits = model(b.inputs, b.positions, cells=b.cells if uses_cells else None)  # [B, T, V]
+                logits = model(
+                    b.inputs,
+                    b.positions,
+                    cells=b.cells if uses_cells else None,
+                    sources=b.sources if uses_sources else None,
+                )  # [B, T, V]
             out = next_token_loss(logits, b.targets, b.loss_mask, b.text_mask, text_loss_weight, total_weight)
             if not rep.distributed and not torch.isfinite(out.loss):  # ranks must all run the backward
                 rep.zero_grad()
@@ -212,23 +218,26 @@ def _save_full_model(rep: Local, directory: Path, info: dict[str, Any], env: Dis
 def init_model(path: Path, model_cfg: TransformerConfig) -> CogViewTransformer:
     """The model of ``path`` as the start of a run building ``model_cfg``.
 
-    The architectures must match, except that the run may add a cell table the source lacks
-    (``cell_embeddings``, for super-resolution): it starts from its fresh initialisation.
+    The architectures must match, except that the run may add the super-resolution cell inputs
+    the source lacks (``cell_embeddings``, ``cell_sources``): they start from their fresh
+    initialisation.
     """
     source = CogViewTransformer.from_pretrained(path)
     if source.config == model_cfg:
         return source
-    if (
-        source.config.cell_embeddings
-        or dataclasses.replace(source.config, cell_embeddings=model_cfg.cell_embeddings) != model_cfg
-    ):
+    added = {
+        k: getattr(model_cfg, k)
+        for k in ("cell_embeddings", "cell_sources")
+        if getattr(source.config, k) != getattr(model_cfg, k) and not getattr(source.config, k)
+    }
+    if dataclasses.replace(source.config, **added) != model_cfg:
         raise ValueError(
             f"init_from {path} holds a model with config {source.config.to_dict()}, but this run "
-            f"builds {model_cfg.to_dict()}; set model to the same architecture (only cell_embeddings may be added)"
+            f"builds {model_cfg.to_dict()}; set model to the same architecture (only cell_embeddings / cell_sources may be added)"
         )
     model = CogViewTransformer(model_cfg)
     missing, unexpected = model.load_state_dict(source.state_dict(), strict=False)
-    if missing != ["cell_embeddings.weight"] or unexpected:
+    if unexpected or not all(k.startswith(("cell_embeddings.", "cell_sources.")) for k in missing):
         raise ValueError(f"init_from {path}: unexpected weights {unexpected}, missing {missing}")
     return model
 

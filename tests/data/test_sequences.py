@@ -12,6 +12,7 @@ from cogview.data.sequences import (
     pad,
     positions_and_mask,
     sr_cells,
+    sr_sources,
     super_resolution,
     super_resolution_window,
     text_to_image,
@@ -154,3 +155,11 @@ def test_sr_cells_refuse_a_row_that_is_not_super_resolution(vocab: Vocabulary) -
     seq = super_resolution_window([], [[1, 2, 3]], np.zeros((2, 6), np.int64), vocab)  # 1x3 crop
     with pytest.raises(ValueError, match="not a square low-res crop"):
         sr_cells(torch.tensor(seq.tokens)[None], vocab)
+
+
+def test_sr_sources_name_the_low_code_each_2x_code_refines(vocab: Vocabulary) -> None:
+    low, high = [[1, 2], [3, 4]], np.full((4, 4), 9)
+    row = torch.tensor(super_resolution_window(TEXT, low, high, vocab).tokens)[None]
+    expected = [1, 1, 2, 2, 1, 1, 2, 2, 3, 3, 4, 4, 3, 3, 4, 4]  # low tokens (codes 1-4 = ids 1-4)
+    assert sr_sources(row, vocab)[0].tolist() == [-1] * 15 + expected
+    assert sr_sources(torch.tensor(text_to_image(TEXT, CODES, vocab).tokens)[None], vocab).eq(-1).all()

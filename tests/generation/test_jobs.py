@@ -160,7 +160,7 @@ def test_window_sequence_layout_and_positions(pipe: CogViewPipeline) -> None:
     sr, v = pipe.super_resolution, pipe.vocab
     low = torch.arange(16).view(1, 4, 4)
     text = pipe.text_tokenizer.encode_unified("ab", v)
-    tokens, positions, cells = sr._prefix(text, low)
+    tokens, positions, cells, sources = sr._prefix(text, low)
     names = ["[ROI1]"] + ["t"] * len(text) + ["[BASE]", "[BOI1]"] + ["c"] * 16
     names += ["[EOI1]", "[ROI2]", "[POS0]", "[BASE]", "[BOI2]"]
     expected = [v.token_id(n) if n.startswith("[") else None for n in names]
@@ -171,21 +171,26 @@ def test_window_sequence_layout_and_positions(pipe: CogViewPipeline) -> None:
     # Positions count up to [ROI2], which keeps its index; after it they restart at 1 (SPEC 1.2).
     assert positions[: roi2 + 1].tolist() == list(range(roi2 + 1))
     assert positions[roi2 + 1 :].tolist() == list(range(1, len(positions) - roi2))
-    # Cells: low code k -> 1 + k; 2x code (r, c) -> the cell of low code (r // 2, c // 2).
+    # Cells: low code k -> 1 + k; 2x code (r, c) -> the cell of low code (r // 2, c // 2); each
+    # position holds the cell and source of the token it predicts (the next one).
     high = [1 + (r // 2) * 4 + c // 2 for r in range(8) for c in range(8)]
-    assert cells.tolist() == [0] * (3 + len(text)) + list(range(1, 17)) + [0] * 5 + high
+    assert cells.tolist() == [0] * (2 + len(text)) + list(range(1, 17)) + [0] * 5 + high + [0]
+    assert sources[0].tolist() == [-1] * (len(names) - 1) + [low.view(-1)[c - 1].item() for c in high] + [-1]
 
 
 @pytest.mark.parametrize("with_cells", [False, True])
 def test_greedy_window_decoding_matches_full_forward(pipe: CogViewPipeline, with_cells: bool) -> None:
     """The cached, teacher-forced window decode equals argmax over full-sequence logits."""
     sr, v = pipe.super_resolution, pipe.vocab
-    if with_cells:  # a model with a cell table (SR_WINDOW**2 + 1 ids), trained cells made visible
+    if with_cells:  # a model with cell inputs (SR_WINDOW**2 + 1 ids, sources), made to matter
         torch.manual_seed(5)
-        config = dataclasses.replace(sr.transformer.config, cell_embeddings=SR_WINDOW**2 + 1)
+        config = dataclasses.replace(
+            sr.transformer.config, cell_embeddings=SR_WINDOW**2 + 1, cell_sources=True
+        )
         model = CogViewTransformer(config).eval()
         with torch.no_grad():
             model.cell_embeddings.weight.mul_(50)
+            model.cell_sources.weight.normal_(0, 5.0)
         sr = _with_model(sr, model)
     g = torch.Generator().manual_seed(0)
     low = torch.randint(0, v.image_size, (2, 4, 4), generator=g)
@@ -195,11 +200,12 @@ def test_greedy_window_decoding_matches_full_forward(pipe: CogViewPipeline, with
     uniforms = torch.rand(2, 64, generator=g)
     out = sr._window(low, current, known, [], uniforms, SamplingConfig(top_k=1))
     assert torch.equal(out[:, known], current[:, known])
-    tokens, positions, cells = sr._prefix([], low)
+    tokens, positions, cells, sources = sr._prefix([], low)
     seq = torch.cat([tokens, out.view(2, -1) + v.image_range.start], dim=1)
+    extras = {"cells": cells[:-1], "sources": sources[:, :-1]} if with_cells else {}
     with torch.no_grad():
-        logits = sr.transformer(seq[:, :-1], positions[:-1], cells=cells[:-1] if with_cells else None)
-        if with_cells:  # the cells change the result, so the decode above did use them
+        logits = sr.transformer(seq[:, :-1], positions[:-1], **extras)
+        if with_cells:  # the cell inputs change the result, so the decode above did use them
             assert not torch.equal(logits, sr.transformer(seq[:, :-1], positions[:-1]))
     P = tokens.shape[1]
     predicted = logits[:, P - 1 :, v.image_range.start : v.image_range.stop].argmax(-1)  # [2, 64]

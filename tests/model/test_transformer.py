@@ -374,8 +374,24 @@ def test_cell_table_adds_to_the_input_and_cell_zero_is_nothing() -> None:
     cells = torch.tensor([0, 0, 1, 2, 1, 2])
     assert not torch.allclose(model(tokens, positions, cells=cells)[:, 2:], plain[:, 2:])
     assert torch.equal(model(tokens, positions, cells=cells)[:, :2], plain[:, :2])
-    with pytest.raises(ValueError, match="shape of positions"):
+    with pytest.raises(ValueError, match=r"cells must be \[T\] or \[B, T\]"):
         model(tokens, positions, cells=cells[:5])
     without = CogViewTransformer(PRESETS["tiny"])
     with pytest.raises(ValueError, match="no cell table"):
         without(tokens, positions, cells=cells)
+
+
+def test_source_map_starts_at_zero_and_reads_the_source_embedding() -> None:
+    torch.manual_seed(0)
+    config = dataclasses.replace(PRESETS["tiny"], cell_sources=True)
+    model = CogViewTransformer(config).eval()
+    tokens, positions = torch.randint(0, 512, (2, 6)), torch.arange(6)
+    sources = torch.tensor([[-1, -1, 7, 7, 8, 8], [-1, -1, 3, 3, 3, 3]])
+    plain = model(tokens, positions)
+    assert torch.equal(model(tokens, positions, sources=sources), plain)  # zero at initialisation
+    with torch.no_grad():
+        model.cell_sources.weight.normal_(0, 1.0)
+    out = model(tokens, positions, sources=sources)
+    assert torch.equal(out[:, :2], plain[:, :2]) and not torch.allclose(out[:, 2:], plain[:, 2:])
+    with pytest.raises(ValueError, match="no source map"):
+        CogViewTransformer(PRESETS["tiny"])(tokens, positions, sources=sources)

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from cogview.data.prepare import prepare
+from cogview.data.sequences import sr_cells
 from cogview.data.shards import TokenShards
 from cogview.model import CogViewTransformer
 from cogview.tokenizers.image import ImageTokenizer
@@ -97,15 +98,14 @@ def sr_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_a_run_may_add_a_cell_table_and_trains_it(sr_shards: Path, tmp_path: Path) -> None:
-    """Super-resolution fine-tuning: every weight but the new cell table starts from init_from."""
+    """Super-resolution fine-tuning: every weight but the new cell inputs starts from init_from."""
     model = {"preset": "tiny", "max_seq_len": 96}
     train(config(sr_shards, model=model), tmp_path / "first", progress=False)
     first = CogViewTransformer.from_pretrained(tmp_path / "first" / "model")
     seen = {}
+    cells = {"cell_embeddings": 17, "cell_sources": True}
     train(
-        config(
-            sr_shards, model={**model, "cell_embeddings": 17}, init_from=str(tmp_path / "first" / "model")
-        ),
+        config(sr_shards, model={**model, **cells}, init_from=str(tmp_path / "first" / "model")),
         tmp_path / "second",
         progress=False,
         on_model=lambda m: seen.update({k: v.clone() for k, v in m.state_dict().items()}),
@@ -114,6 +114,9 @@ def test_a_run_may_add_a_cell_table_and_trains_it(sr_shards: Path, tmp_path: Pat
     table = CogViewTransformer.from_pretrained(tmp_path / "second" / "model").cell_embeddings.weight
     assert torch.count_nonzero(table[0]) == 0  # "no cell" stays zero
     assert not torch.allclose(table[1:], seen["cell_embeddings.weight"][1:])  # the cells trained
+    assert torch.count_nonzero(seen["cell_sources.weight"]) == 0  # the source map starts at zero
+    trained = CogViewTransformer.from_pretrained(tmp_path / "second" / "model").cell_sources.weight
+    assert torch.count_nonzero(trained) > 0
 
 
 def test_sr_input_noise_corrupts_only_2x_inputs_and_is_seeded(sr_shards: Path) -> None:
@@ -126,7 +129,7 @@ def test_sr_input_noise_corrupts_only_2x_inputs_and_is_seeded(sr_shards: Path) -
     assert torch.equal(noisy.targets, clean.targets) and torch.equal(noisy.cells, clean.cells)
     changed = noisy.inputs != clean.inputs
     boi2 = data.vocab.token_id("[BOI2]")
-    high = (clean.cells > 0) & ((clean.inputs == boi2).cumsum(1) > 0)
+    high = (sr_cells(tokens, data.vocab)[:, :-1] > 0) & ((clean.inputs == boi2).cumsum(1) > 0)
     assert not changed[~high].any()  # text, layout tokens and the low-res crop are untouched
     assert 0.4 < changed[high].float().mean() < 0.55  # ~rate, less the draws that hit the true code
     assert data.vocab.is_image(noisy.inputs[changed]).all()
