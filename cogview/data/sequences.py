@@ -268,16 +268,26 @@ def sr_cells(tokens: torch.Tensor, vocab: Vocabulary) -> torch.Tensor:
 
 
 def sr_sources(tokens: torch.Tensor, vocab: Vocabulary) -> torch.Tensor:
-    """Token ids ``[B, L]`` of the low-res code each super-resolution 2x code refines; -1 elsewhere.
+    """Token ids ``[B, L, 9]`` of the 3x3 low-res neighbourhood each super-resolution 2x code refines.
 
-    The 2x code with cell id ``c`` (:func:`sr_cells`) gets the token of the low-res crop's
-    ``c``-th code (the token right after ``[BOI1]`` has cell 1).
+    For the 2x code with cell id ``c`` (:func:`sr_cells`), the low-res crop's codes at offsets
+    ``(dy, dx)`` in ``-1, 0, 1`` (row-major, the centre is index 4) around code ``c - 1``; -1
+    outside the crop and at every position that is not a 2x code.
     """
     cells = sr_cells(tokens, vocab)  # B, L
-    boi1 = _first(tokens, vocab.token_id("[BOI1]"))  # B, 1
+    B, L = tokens.shape
+    boi1, eoi1 = (_first(tokens, vocab.token_id(n)) for n in ("[BOI1]", "[EOI1]"))  # B, 1
+    side = (eoi1 - boi1 - 1).clamp(min=1).double().sqrt().round().long()  # B, 1
     high = (cells > 0) & ((tokens == vocab.token_id("[BOI2]")).cumsum(1) > 0)  # B, L
-    index = (boi1 + cells).clamp(max=tokens.shape[1] - 1)  # B, L
-    return torch.where(high, tokens.gather(1, index), -1)
+    row, col = (cells - 1) // side, (cells - 1) % side  # B, L
+    out = []
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            r, c = row + dy, col + dx
+            inside = high & (r >= 0) & (r < side) & (c >= 0) & (c < side)
+            index = (boi1 + 1 + r * side + c).clamp(0, L - 1)  # B, L
+            out.append(torch.where(inside, tokens.gather(1, index), -1))
+    return torch.stack(out, dim=-1)  # B, L, 9
 
 
 def drop_caption(tokens: torch.Tensor, drop: torch.Tensor, vocab: Vocabulary) -> torch.Tensor:

@@ -42,7 +42,7 @@ class WindowInputs(NamedTuple):
     tokens: torch.Tensor  # [n, P] through [BOI2]
     positions: torch.Tensor  # [P + s*s] ids, restarting after [ROI2]
     cells: torch.Tensor  # [P + s*s] 2-D cell id of the *next* token (sequences.sr_cells, shifted)
-    sources: torch.Tensor  # [n, P + s*s] low-res token the *next* 2x code refines, -1 elsewhere
+    sources: torch.Tensor  # [n, P + s*s, 9] low-res 3x3 neighbourhood of the *next* 2x code, -1 elsewhere
 
 
 class SuperResolution(Components):
@@ -204,12 +204,12 @@ class SuperResolution(Components):
         # Each position is given the cell / source of the token it predicts: the next one.
         cells = sequences.sr_cells(torch.from_numpy(template.tokens)[None], self.vocab)  # [1, P + s*s]
         rows = torch.cat([tokens, torch.full((n, s * s), self.vocab.image_range.start)], dim=1)
-        sources = sequences.sr_sources(rows, self.vocab)  # [n, P + s*s]; the 2x codes do not matter
+        sources = sequences.sr_sources(rows, self.vocab)  # [n, P + s*s, 9]; the 2x codes do not matter
         return WindowInputs(
             tokens,
             torch.from_numpy(template.positions.copy()),
             torch.cat([cells[0, 1:], cells.new_zeros(1)]),
-            torch.cat([sources[:, 1:], sources.new_full((n, 1), -1)], dim=1),
+            torch.cat([sources[:, 1:], sources.new_full((n, 1, sources.shape[-1]), -1)], dim=1),
         )
 
     def _window(
@@ -228,7 +228,7 @@ class SuperResolution(Components):
         positions = inputs.positions.to(dev)
         model = self.transformer
         cells = inputs.cells.to(dev) if model.config.cell_embeddings else None  # [P + s*s]
-        sources = inputs.sources.to(dev) if model.config.cell_sources else None  # [n, P + s*s]
+        sources = inputs.sources.to(dev) if model.config.cell_sources else None  # [n, P + s*s, 9]
 
         def extras(span: slice) -> dict[str, torch.Tensor | None]:
             return {

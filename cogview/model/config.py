@@ -58,10 +58,10 @@ class TransformerConfig:
             instead of through 1-D positions that restart at ``[ROI2]`` and shift with the
             prompt length. A window of ``w x w`` low-res codes needs ``w * w + 1`` rows.
         cell_sources: add at the position before each super-resolution 2x code a learned linear
-            map (zero at initialisation) of the word embedding of the low-res code that 2x code
-            refines (ours; False in the original): a skip connection across the sequence, so
-            predicting the four 2x codes of a low-res code starts from that code instead of
-            from a search for it.
+            map (zero at initialisation) of the word embeddings of the 3x3 low-res neighbourhood
+            of the code that 2x code refines (ours; False in the original): a convolution over the
+            low-res codes feeding each 2x code, since a 2x code is a function of that
+            neighbourhood (on our shapes data a lookup table over it is right 99.6% of the time).
     """
 
     vocab_size: int = 512

@@ -187,6 +187,9 @@ class Block(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------
+SOURCE_OFFSETS = 9  # the 3x3 low-res neighbourhood of cell_sources (cogview.data.sequences.sr_sources)
+
+
 def _check_per_token(name: str, ids: torch.Tensor, T: int) -> None:
     if ids.dim() not in (1, 2) or ids.shape[-1] != T:
         raise ValueError(f"{name} must be [T] or [B, T] with T={T}, got shape {tuple(ids.shape)}")
@@ -207,7 +210,11 @@ class CogViewTransformer(nn.Module):
         # Optional 2-D cell ids of super-resolution codes (ours; see TransformerConfig).
         n_cells = config.cell_embeddings
         self.cell_embeddings = nn.Embedding(n_cells, config.dim, padding_idx=0) if n_cells else None
-        self.cell_sources = nn.Linear(config.dim, config.dim, bias=False) if config.cell_sources else None
+        # One linear map per offset of the 3x3 low-res neighbourhood, as one matrix over the nine
+        # concatenated embeddings (a 3x3 convolution over the low-res code embeddings).
+        self.cell_sources = (
+            nn.Linear(SOURCE_OFFSETS * config.dim, config.dim, bias=False) if config.cell_sources else None
+        )
         self.dropout = _dropout(config.dropout)
         self.layers = nn.ModuleList(Block(config) for _ in range(config.n_layers))
         self.norm = LayerNorm(config.dim, config.norm_eps, config.ln_input_scaling)
@@ -256,10 +263,11 @@ class CogViewTransformer(nn.Module):
         ``kv_len`` (cache only) limits attention to the first ``kv_len`` slots, which must include
         every slot in ``cache_positions``: a decode step then reads only the filled part of a
         preallocated cache (attention cost grows with the text so far, not with ``max_len``).
-        ``cells`` are 2-D cell ids for a model built with ``cell_embeddings``, ``sources`` low-res
-        token ids (-1: none) for one built with ``cell_sources``: at each position, those of the
-        token it predicts (cogview.data.sequences.sr_cells / sr_sources of the next token).
-        Both may be ``[T]`` or ``[B, T]``; None adds nothing.
+        ``cells`` (``[T]`` or ``[B, T]``) are 2-D cell ids for a model built with
+        ``cell_embeddings``; ``sources`` (``[T, 9]`` or ``[B, T, 9]``) the low-res token ids of a 3x3
+        neighbourhood (-1: none) for one built with ``cell_sources``: at each position, those of
+        the token it predicts (cogview.data.sequences.sr_cells / sr_sources of the next token).
+        None adds nothing.
         """
         if tokens.dim() != 2:
             raise ValueError(f"tokens must be [B, T], got shape {tuple(tokens.shape)}")
@@ -330,10 +338,14 @@ class CogViewTransformer(nn.Module):
                 "source ids were given but this model has no source map (config.cell_sources=false); "
                 "train a super-resolution model with model.cell_sources set"
             )
-        _check_per_token("sources", sources, T)
-        given = (sources >= 0).unsqueeze(-1)  # [(B,) T, 1]
-        embedded = self.tok_embeddings(sources.clamp(min=0)) * given  # [(B,) T, dim]
-        return self.cell_sources(embedded)
+        if sources.dim() not in (2, 3) or sources.shape[-2:] != (T, SOURCE_OFFSETS):
+            raise ValueError(
+                f"sources must be [T, {SOURCE_OFFSETS}] or [B, T, {SOURCE_OFFSETS}] with T={T}, "
+                f"got shape {tuple(sources.shape)}"
+            )
+        given = (sources >= 0).unsqueeze(-1)  # [(B,) T, 9, 1]
+        embedded = self.tok_embeddings(sources.clamp(min=0)) * given  # [(B,) T, 9, dim]
+        return self.cell_sources(embedded.flatten(-2))  # [(B,) T, dim]
 
     def new_cache(
         self,

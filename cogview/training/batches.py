@@ -30,7 +30,9 @@ class Batch:
     # Super-resolution inputs describe the token each position predicts (the target), so the
     # position before a 2x code is told which low-res code that code refines.
     cells: torch.Tensor  # int64 2-D cell id of the target (0 elsewhere; sr_cells)
-    sources: torch.Tensor  # int64 low-res token the target refines (-1 elsewhere; sr_sources)
+    sources: (
+        torch.Tensor
+    )  # int64 [B, T, 9] low-res 3x3 neighbourhood the target refines (-1: none; sr_sources)
 
     def to(self, device: torch.device | str) -> Batch:
         return Batch(*(t.to(device, non_blocking=True) for t in self.__dict__.values()))

@@ -157,9 +157,16 @@ def test_sr_cells_refuse_a_row_that_is_not_super_resolution(vocab: Vocabulary) -
         sr_cells(torch.tensor(seq.tokens)[None], vocab)
 
 
-def test_sr_sources_name_the_low_code_each_2x_code_refines(vocab: Vocabulary) -> None:
+def test_sr_sources_hold_the_3x3_low_res_neighbourhood_of_each_2x_code(vocab: Vocabulary) -> None:
     low, high = [[1, 2], [3, 4]], np.full((4, 4), 9)
     row = torch.tensor(super_resolution_window(TEXT, low, high, vocab).tokens)[None]
-    expected = [1, 1, 2, 2, 1, 1, 2, 2, 3, 3, 4, 4, 3, 3, 4, 4]  # low tokens (codes 1-4 = ids 1-4)
-    assert sr_sources(row, vocab)[0].tolist() == [-1] * 15 + expected
+    src = sr_sources(row, vocab)[0]  # L, 9
+    assert src.shape == (len(row[0]), 9)
+    assert (src[:15] == -1).all()  # text, layout tokens, the low crop itself
+    # 2x code (0, 0) refines low code 1 (top-left): only the centre and right/below exist.
+    assert src[15].tolist() == [-1, -1, -1, -1, 1, 2, -1, 3, 4]
+    # 2x code (3, 3) refines low code 4 (bottom-right).
+    assert src[15 + 15].tolist() == [1, 2, -1, 3, 4, -1, -1, -1, -1]
+    centres = [1, 1, 2, 2, 1, 1, 2, 2, 3, 3, 4, 4, 3, 3, 4, 4]
+    assert src[15:, 4].tolist() == centres
     assert sr_sources(torch.tensor(text_to_image(TEXT, CODES, vocab).tokens)[None], vocab).eq(-1).all()

@@ -175,7 +175,9 @@ def test_window_sequence_layout_and_positions(pipe: CogViewPipeline) -> None:
     # position holds the cell and source of the token it predicts (the next one).
     high = [1 + (r // 2) * 4 + c // 2 for r in range(8) for c in range(8)]
     assert cells.tolist() == [0] * (2 + len(text)) + list(range(1, 17)) + [0] * 5 + high + [0]
-    assert sources[0].tolist() == [-1] * (len(names) - 1) + [low.view(-1)[c - 1].item() for c in high] + [-1]
+    centres = sources[0, :, 4].tolist()  # the refined low-res code itself
+    assert centres == [-1] * (len(names) - 1) + [low.view(-1)[c - 1].item() for c in high] + [-1]
+    assert sources.shape == (1, len(names) + 64, 9)
 
 
 @pytest.mark.parametrize("with_cells", [False, True])

@@ -386,12 +386,15 @@ def test_source_map_starts_at_zero_and_reads_the_source_embedding() -> None:
     config = dataclasses.replace(PRESETS["tiny"], cell_sources=True)
     model = CogViewTransformer(config).eval()
     tokens, positions = torch.randint(0, 512, (2, 6)), torch.arange(6)
-    sources = torch.tensor([[-1, -1, 7, 7, 8, 8], [-1, -1, 3, 3, 3, 3]])
+    sources = torch.tensor([[-1, -1, 7, 7, 8, 8], [-1, -1, 3, 3, 3, 3]])[..., None].repeat(1, 1, 9)
+    sources[0, 2:, 0] = -1  # a neighbour outside the crop
     plain = model(tokens, positions)
     assert torch.equal(model(tokens, positions, sources=sources), plain)  # zero at initialisation
     with torch.no_grad():
         model.cell_sources.weight.normal_(0, 1.0)
     out = model(tokens, positions, sources=sources)
     assert torch.equal(out[:, :2], plain[:, :2]) and not torch.allclose(out[:, 2:], plain[:, 2:])
+    with pytest.raises(ValueError, match=r"sources must be \[T, 9\]"):
+        model(tokens, positions, sources=sources[..., :4])
     with pytest.raises(ValueError, match="no source map"):
         CogViewTransformer(PRESETS["tiny"])(tokens, positions, sources=sources)
