@@ -6,9 +6,11 @@
 #   - the captioning / scoring transformer (configs/default-caption.json from the first
 #     text-to-image weights, then default-caption-continue.json and
 #     default-caption-continue2.json; image-to-text rows),
-#   - the super-resolution transformer (configs/default-sr.json, 8x8 -> 16x16 code windows of
-#     shapes rendered at 32 and 64 px),
-# and write the model folder (text-to-image + captioning; INCLUDE_SR=1 adds super-resolution) that CogViewPipeline.from_pretrained() loads by default. Every step
+#   - the super-resolution transformer (configs/default-sr.json, -sr-continue.json, then with cell
+#     inputs and input noise -sr-cells.json, -sr-cells-continue.json; 8x8 -> 16x16 code windows
+#     of shapes rendered at 32 and 64 px),
+# and write the model folder (text-to-image, captioning, super-resolution) that
+# CogViewPipeline.from_pretrained() loads by default. Every step
 # resumes if re-run after a kill.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -39,15 +41,17 @@ prep --dataset shapes --split train --out "$OUT/shards/shapes-train-sr" --tasks 
 # Cell inputs + input noise (docs/jobs.md, super-resolution).
 "$PY" -m cogview train --config configs/default-sr-cells.json --out "$OUT/default-sr-cells" --resume \
   --set init_from="$OUT/default-sr-continue/model"
+# The last SR stage is data-parallel over both cores (strategy ddp in its config).
+"$PY" -m torch.distributed.run --standalone --nproc_per_node 2 -m cogview train \
+  --config configs/default-sr-cells-continue.json --out "$OUT/default-sr-cells-continue" --resume \
+  --set init_from="$OUT/default-sr-cells/model"
 "$PY" - <<PYEOF
 from cogview.pipeline import CogViewPipeline
 from cogview.generation.text_to_image import DEFAULT_SAMPLING
 models = {
-    "text_to_image": "$OUT/default-t2i-continue2/model",
+    "text_to_image": "$OUT/default-t2i-continue3/model",
     "image_to_text": "$OUT/default-caption-continue2/model",
+    "super_resolution": "$OUT/SR_FINAL/model",
 }
-# The SR transformer is not shipped yet (docs/default_model.md); INCLUDE_SR=1 adds it.
-if "${INCLUDE_SR:-0}" == "1":
-    models["super_resolution"] = "$OUT/default-sr-continue/model"
 CogViewPipeline.from_components(models, sampling=DEFAULT_SAMPLING).save_pretrained("${DEST:-cogview/assets/default}")
 PYEOF
