@@ -51,7 +51,7 @@ from cogview.generation.text_to_image import DEFAULT_SAMPLING
 models = {
     "text_to_image": "$OUT/default-t2i-continue3/model",
     "image_to_text": "$OUT/default-caption-continue2/model",
-    "super_resolution": "$OUT/SR_FINAL/model",
+    "super_resolution": "$OUT/default-sr-cells-continue/model",
 }
 CogViewPipeline.from_components(models, sampling=DEFAULT_SAMPLING).save_pretrained("${DEST:-cogview/assets/default}")
 PYEOF
