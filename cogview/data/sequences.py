@@ -267,14 +267,15 @@ def sr_cells(tokens: torch.Tensor, vocab: Vocabulary) -> torch.Tensor:
     return torch.where(high, 1 + (r // 2) * side + c // 2, cells)
 
 
-def sr_sources(tokens: torch.Tensor, vocab: Vocabulary) -> torch.Tensor:
+def sr_sources(tokens: torch.Tensor, vocab: Vocabulary, cells: torch.Tensor | None = None) -> torch.Tensor:
     """Token ids ``[B, L, 9]`` of the 3x3 low-res neighbourhood each super-resolution 2x code refines.
 
     For the 2x code with cell id ``c`` (:func:`sr_cells`), the low-res crop's codes at offsets
     ``(dy, dx)`` in ``-1, 0, 1`` (row-major, the centre is index 4) around code ``c - 1``; -1
-    outside the crop and at every position that is not a 2x code.
+    outside the crop and at every position that is not a 2x code. ``cells``: :func:`sr_cells`
+    of ``tokens`` when the caller already has them.
     """
-    cells = sr_cells(tokens, vocab)  # B, L
+    cells = sr_cells(tokens, vocab) if cells is None else cells  # B, L
     B, L = tokens.shape
     boi1, eoi1 = (_first(tokens, vocab.token_id(n)) for n in ("[BOI1]", "[EOI1]"))  # B, 1
     side = (eoi1 - boi1 - 1).clamp(min=1).double().sqrt().round().long()  # B, 1

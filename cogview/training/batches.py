@@ -71,7 +71,7 @@ def make_batch(
         loss_mask=mask[:, 1:],
         text_mask=text_token_mask(inputs, vocab),
         cells=cells[:, 1:],
-        sources=sr_sources(tokens, vocab)[:, 1:],
+        sources=sr_sources(tokens, vocab, cells)[:, 1:],
     )
 
 
