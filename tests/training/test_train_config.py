@@ -31,6 +31,8 @@ def test_defaults_round_trip_and_model_normalisation() -> None:
         ({"lr": True}, "lr must be a number, got True"),
         ({"betas": [0.9]}, "betas must be two numbers in [0, 1)"),
         ({"caption_dropout": 1.5}, "caption_dropout must be a probability in [0, 1]"),
+        ({"sr_input_noise": 1.0}, "sr_input_noise must be a fraction in [0, 1)"),
+        ({"model": {"preset": "tiny", "cell_sources": 1}}, "cell_sources=1 must be true or false"),
         ({"precision": "fp8"}, "precision must be one of ['fp32', 'bf16', 'fp16'], got 'fp8'"),
         ({"device": "tpu"}, "device must be one of"),
         ({"data": ""}, "data must name a token-shard folder"),
