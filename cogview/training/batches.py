@@ -47,18 +47,23 @@ def make_batch(
     vocab: Any,
     drop: torch.Tensor | None = None,
     noise: tuple[float, torch.Generator] | None = None,
+    cell_inputs: bool = True,
 ) -> Batch:
     """Token rows ``[B, L]`` -> a shifted :class:`Batch`; rows with ``drop`` True lose their caption.
 
     ``noise = (rate, generator)`` replaces that fraction of the super-resolution 2x input codes
     (after ``[BOI2]``) by uniformly random codes; targets stay the true codes.
+    ``cell_inputs=False`` (a model without cell inputs) leaves ``cells`` 0 and ``sources`` -1
+    instead of computing them: the 3x3 sources cost more than the rest of the batch together.
     """
     if drop is not None and bool(drop.any()):
         tokens = drop_caption(tokens, drop, vocab)  # [B, L]
     positions, mask = positions_and_mask(tokens, vocab)  # [B, L] each
-    cells = sr_cells(tokens, vocab)  # [B, L]
+    noisy = noise is not None and noise[0] > 0
+    cells = sr_cells(tokens, vocab) if cell_inputs or noisy else torch.zeros_like(tokens)  # [B, L]
+    sources = sr_sources(tokens, vocab, cells) if cell_inputs else torch.full((*tokens.shape, 9), -1)
     inputs = tokens[:, :-1]  # [B, T]
-    if noise is not None and noise[0] > 0:
+    if noisy:
         rate, g = noise
         high = (cells[:, :-1] > 0) & ((inputs == vocab.token_id("[BOI2]")).cumsum(1) > 0)  # [B, T]
         flip = high & (torch.rand(inputs.shape, generator=g) < rate)
@@ -71,7 +76,7 @@ def make_batch(
         loss_mask=mask[:, 1:],
         text_mask=text_token_mask(inputs, vocab),
         cells=cells[:, 1:],
-        sources=sr_sources(tokens, vocab, cells)[:, 1:],
+        sources=sources[:, 1:],
     )
 
 
@@ -97,6 +102,8 @@ class BatchSource:
         self.seed, self.batch_size, self.grad_accum = cfg.seed, cfg.batch_size, cfg.grad_accum
         self.caption_dropout, self.sr_input_noise = cfg.caption_dropout, cfg.sr_input_noise
         self.rank, self.world_size = rank, world_size
+        model = cfg.transformer_config(self.vocab.size, shards.seq_len)
+        self.cell_inputs = model.cell_embeddings > 0 or model.cell_sources
         self._perms: dict[int, np.ndarray] = {}  # a cache; the result never depends on it
 
     def _permutation(self, epoch: int) -> np.ndarray:
@@ -140,6 +147,7 @@ class BatchSource:
                 self.vocab,
                 drops[m],
                 self.noise(step, m),
+                self.cell_inputs,
             )
             for m in range(self.grad_accum)
         ]

@@ -133,3 +133,18 @@ def test_sr_input_noise_corrupts_only_2x_inputs_and_is_seeded(sr_shards: Path) -
     assert not changed[~high].any()  # text, layout tokens and the low-res crop are untouched
     assert 0.4 < changed[high].float().mean() < 0.55  # ~rate, less the draws that hit the true code
     assert data.vocab.is_image(noisy.inputs[changed]).all()
+
+
+def test_batches_for_a_model_without_cell_inputs_skip_them_and_keep_the_rest(sr_shards: Path) -> None:
+    data = TokenShards.open(sr_shards)
+    tokens = torch.from_numpy(data.rows(np.arange(8)))
+    full = make_batch(tokens, data.vocab)
+    plain = make_batch(tokens, data.vocab, cell_inputs=False)
+    assert (full.cells > 0).any() and (full.sources >= 0).any()  # SR rows have cell inputs
+    assert not plain.cells.any() and (plain.sources == -1).all() and plain.sources.shape == full.sources.shape
+    for name in ("inputs", "targets", "positions", "loss_mask", "text_mask"):
+        assert torch.equal(getattr(plain, name), getattr(full, name)), name
+    # Input noise still finds the 2x codes when the model itself takes no cell inputs.
+    noise = (0.5, torch.Generator().manual_seed(1))
+    noisy = make_batch(tokens, data.vocab, noise=noise, cell_inputs=False)
+    assert not torch.equal(noisy.inputs, plain.inputs)
