@@ -58,6 +58,8 @@ def synthetic_batch(batch_size: int, seq_len: int, vocab_size: int, device: torc
         positions=positions,
         loss_mask=torch.ones(batch_size, seq_len),
         text_mask=torch.zeros(batch_size, seq_len, dtype=torch.bool),
+        cells=torch.zeros(batch_size, seq_len, dtype=torch.long),  # the 4B model takes no cell inputs
+        sources=torch.full((batch_size, seq_len, 9), -1),
     ).to(device)
 
 
