@@ -142,7 +142,9 @@ class SuperResolution(Components):
         progress: bool,
     ) -> list[Image.Image]:
         """Upscale images of one size; image ``index[j]`` of the call draws from stream ``image_seed(seed, index[j])``."""
-        low = self.image_tokenizer.encode(images, size=images[0].size[0])  # [n, h, w] at their own size
+        # Codes live on the CPU between windows (the bookkeeping is tiny); each window's forward
+        # passes move what they need to the transformer's device.
+        low = self.image_tokenizer.encode(images, size=images[0].size[0]).cpu()  # [n, h, w] at their own size
         wins = magnify_windows(low.shape[1], low.shape[2], self.window, self.stride)
         steps = len(wins) * (2 * self.window) ** 2
         uniforms = image_uniforms([image_seed(seed, i) for i in index], steps)  # [n, steps]
@@ -226,6 +228,7 @@ class SuperResolution(Components):
         inputs = self._prefix(text, low_crop)
         P, dev = inputs.tokens.shape[1], self.device
         positions = inputs.positions.to(dev)
+        uniforms = uniforms.to(dev)
         model = self.transformer
         cells = inputs.cells.to(dev) if model.config.cell_embeddings else None  # [P + s*s]
         sources = inputs.sources.to(dev) if model.config.cell_sources else None  # [n, P + s*s, 9]
