@@ -129,7 +129,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--dtype",
         choices=("float32", "bfloat16", "float16"),
-        help="compute precision (default: float32 on CPU, bfloat16 on GPU; float16 only on GPU)",
+        help="compute precision (default: the weights' own if lower than float32, else float32; float16 only on GPU)",
     )
     p.add_argument(
         "--candidates",

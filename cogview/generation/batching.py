@@ -22,7 +22,10 @@ T = TypeVar("T")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # Compute dtype when none is given. CPU: float32 (see docs/generation.md: bfloat16 was not
 # faster overall on our CPUs without native bf16 instructions); GPU: bfloat16.
-DEFAULT_DTYPES = {"cpu": torch.float32, "cuda": torch.bfloat16}
+# float32 on GPUs too: for the small fp32 models this project trains, decoding is bound by kernel
+# launches, and bf16 measured 1.1-20x slower than fp32 on an H200 (docs/generation.md). Large
+# models saved in bf16 (convert-original --dtype bf16) compute in their own dtype anyway.
+DEFAULT_DTYPES = {"cpu": torch.float32, "cuda": torch.float32}
 
 
 def image_seed(seed: int, index: int) -> int:
