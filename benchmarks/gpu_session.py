@@ -78,15 +78,18 @@ def seconds_per_step(run_dir: Path, tokens_per_step: int) -> float:
     return tokens_per_step / statistics.median(rates)
 
 
-def tokens_per_step(config: Path, overrides: list[str]) -> int:
-    """Tokens of one optimizer step of the stage, as the loop counts them (after overrides)."""
+def step_size(config: Path, overrides: list[str]) -> tuple[int, float]:
+    """Tokens of one optimizer step of the stage, as the loop counts them, and the steps of one
+    epoch of its data (after overrides)."""
     from cogview.cli.common import parse_overrides, read_config_file
     from cogview.training.batches import BatchSource
     from cogview.training.config import TrainConfig, apply_overrides
     from cogview.training.loop import open_data
 
     cfg = TrainConfig.from_dict(apply_overrides(read_config_file(str(config)), parse_overrides(overrides)))
-    return sum(b.n_tokens for b in BatchSource(open_data(cfg.data), cfg).step_batches(0))
+    data = open_data(cfg.data)
+    tokens = sum(b.n_tokens for b in BatchSource(data, cfg).step_batches(0))
+    return tokens, len(data) / (cfg.batch_size * cfg.grad_accum)
 
 
 def train_stage(s: Session, args: argparse.Namespace, py: str) -> None:
@@ -101,14 +104,17 @@ def train_stage(s: Session, args: argparse.Namespace, py: str) -> None:
     rc = s.run("t2i_calibration", [*base, "--out", str(cal), "--set", *cal_sets], 120, env)
     if rc != 0:
         return
-    per_step = seconds_per_step(cal, tokens_per_step(Path(args.train_config), cal_sets))
+    tokens, epoch_steps = step_size(Path(args.train_config), cal_sets)
+    per_step = seconds_per_step(cal, tokens)
     startup = s.record["parts"]["t2i_calibration"]["seconds"] - CALIBRATION_STEPS * per_step
     room = s.left() - args.reserve - max(startup, 0.0)
-    steps = int(min(args.max_train_steps, room / (per_step * 1.1)) // 100 * 100)
+    cap = min(args.max_train_steps, args.max_train_epochs * epoch_steps)
+    steps = int(min(cap, room / (per_step * 1.1)) // 100 * 100)
     s.record["t2i_stage"] = {
         "seconds_per_step": round(per_step, 4),
         "startup_s": round(startup, 1),
         "steps": steps,
+        "epochs": round(steps / epoch_steps, 2),
     }
     s.save()
     if steps < 100:
@@ -139,6 +145,12 @@ def main() -> int:
     p.add_argument("--train-config", default="configs/default-t2i-continue4.json")
     p.add_argument("--train-set", nargs="*", default=[], help="extra KEY=VALUE overrides of the stage")
     p.add_argument("--max-train-steps", type=int, default=12000)
+    p.add_argument(
+        "--max-train-epochs",
+        type=float,
+        default=3.0,
+        help="at most this many passes over the stage's data (default 3: 10 memorised the training images)",
+    )
     p.add_argument("--work", default="/tmp/cogview-gpu-session", help="scratch folder of the training runs")
     p.add_argument("--skip", nargs="*", default=[], choices=["fsdp", "decode", "default", "train"])
     args = p.parse_args()
