@@ -10,9 +10,9 @@ import argparse
 import logging
 import sys
 
-from cogview.cli import convert, data, generate, jobs, tokenizer, train
+from cogview.cli import convert, data, evaluate, generate, jobs, tokenizer, train
 
-COMMAND_MODULES = (tokenizer, data, train, generate, jobs, convert)
+COMMAND_MODULES = (tokenizer, data, train, generate, jobs, evaluate, convert)
 
 
 def _configure_logging(verbose: bool) -> None:

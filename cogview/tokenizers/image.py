@@ -61,7 +61,9 @@ class ImageTokenizer:
         self.model.to(device)
         return self
 
-    def _pixels(self, images: Sequence[Image.Image] | torch.Tensor, size: int | None = None) -> torch.Tensor:
+    def pixels(self, images: Sequence[Image.Image] | torch.Tensor, size: int | None = None) -> torch.Tensor:
+        """Images -> the encoder's input (B, 3, size, size) on this tokenizer's device: the one
+        resize/crop every user of the encoder shares (``encode``, FID features)."""
         size = size or self.image_size
         if size % (2**self.config.n_down):
             raise ValueError(f"size={size} must be a multiple of {2**self.config.n_down} for this tokenizer")
@@ -88,7 +90,7 @@ class ImageTokenizer:
         ``size`` encodes at another resolution than the training one (the network is fully
         convolutional): super-resolution uses it to tokenise 2x images into 2x code grids.
         """
-        return self.model.encode(self._pixels(images, size))
+        return self.model.encode(self.pixels(images, size))
 
     @torch.inference_mode()
     def decode_pixels(self, codes: torch.Tensor) -> torch.Tensor:
