@@ -36,7 +36,7 @@ def image_tokenizer() -> ImageTokenizer:
     model = tokenizer.model
     with torch.no_grad():  # codebook = encoder outputs of a few scenes, so that many codes are used
         images = [ex.image for ex in datasets.load("shapes", "test", n=8)]
-        z = model.enc_b(model.normalize(tokenizer._pixels(images)))  # B, D, h, w
+        z = model.enc_b(model.normalize(tokenizer.pixels(images)))  # B, D, h, w
         z = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
         model.quantize_t.embed.copy_(z[torch.randperm(len(z))[: model.quantize_t.n_embed]].t())
     return tokenizer
