@@ -15,7 +15,6 @@ moves a logit across a sampling boundary).
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import platform
 import sys
@@ -28,18 +27,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from cogview.images import png_bytes
 from cogview.pipeline import CogViewPipeline
 
 PROMPTS = {"zh": "蓝色背景上左边有一个红色圆形", "en": "a handwritten digit 7"}
-
-
-def png_bytes(images: list[Image.Image]) -> list[bytes]:
-    out = []
-    for im in images:
-        buf = io.BytesIO()
-        im.save(buf, format="PNG")
-        out.append(buf.getvalue())
-    return out
 
 
 def timed(device: torch.device, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[float, Any]:

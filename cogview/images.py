@@ -6,6 +6,7 @@ definition of "pixels in [0, 1], shape (B, 3, H, W)".
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Sequence
 
@@ -70,6 +71,16 @@ def make_grid(
         tile = im.resize((w, h), Image.NEAREST) if scale != 1 else im
         grid.paste(tile, (pad + c * (w + pad), pad + r * (h + pad)))
     return grid
+
+
+def png_bytes(images: Sequence[Image.Image]) -> list[bytes]:
+    """Each image's PNG encoding: what "identical images" means for a seeded run's files."""
+    out = []
+    for im in images:
+        buf = io.BytesIO()
+        im.save(buf, format="PNG")
+        out.append(buf.getvalue())
+    return out
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

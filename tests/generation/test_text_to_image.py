@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import logging
 from pathlib import Path
@@ -14,6 +13,7 @@ import torch
 from cogview.data.prepare import default_vocab
 from cogview.generation.sampling import SamplingConfig
 from cogview.generation.text_to_image import TextToImage, image_seed, prompt_kind, run_chunked
+from cogview.images import png_bytes
 from cogview.model import PRESETS, CogViewTransformer
 from cogview.pipeline import CogViewPipeline
 from cogview.serialization import CheckpointError, write_json
@@ -42,15 +42,6 @@ def pipe(parts: tuple[CogViewTransformer, TextTokenizer, ImageTokenizer]) -> Cog
     return CogViewPipeline(model, text, image, default_vocab(image, text), sampling=SAMPLING)
 
 
-def _png_bytes(images: list) -> list[bytes]:
-    out = []
-    for im in images:
-        buf = io.BytesIO()
-        im.save(buf, format="PNG")
-        out.append(buf.getvalue())
-    return out
-
-
 def _codes(pipe: CogViewPipeline, prompt: str = "a red circle", n: int = 3, **kwargs) -> torch.Tensor:
     return pipe.text_to_image.run(prompt, n, **kwargs)[0].codes
 
@@ -64,13 +55,13 @@ def test_prompt_layout_is_the_training_prefix(pipe: CogViewPipeline) -> None:
     assert t2i.uncond_tokens().tolist() == ids
 
 
-def test_same_seed_gives_identical_png_bytes(pipe: CogViewPipeline) -> None:
+def test_same_seed_gives_identicalpng_bytes(pipe: CogViewPipeline) -> None:
     a = pipe.generate("a red circle", num_images=2, seed=5)
     b = pipe.generate("a red circle", num_images=2, seed=5)
-    assert _png_bytes(a) == _png_bytes(b)
-    assert _png_bytes(pipe.generate("a red circle", num_images=2, seed=6)) != _png_bytes(a)
+    assert png_bytes(a) == png_bytes(b)
+    assert png_bytes(pipe.generate("a red circle", num_images=2, seed=6)) != png_bytes(a)
     g1, g2 = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
-    assert _png_bytes(pipe.generate("a red circle", generator=g1)) == _png_bytes(
+    assert png_bytes(pipe.generate("a red circle", generator=g1)) == png_bytes(
         pipe.generate("a red circle", generator=g2)
     )
 
@@ -184,7 +175,7 @@ def test_save_and_load_round_trip(pipe: CogViewPipeline, tmp_path: Path) -> None
     assert meta["sampling"]["text_to_image"]["zh"]["guidance_scale"] == 3.0
     loaded = CogViewPipeline.from_pretrained(tmp_path / "m")
     assert loaded.text_to_image.sampling == pipe.text_to_image.sampling
-    assert _png_bytes(loaded.generate("红色的圆", 2, seed=9)) == _png_bytes(
+    assert png_bytes(loaded.generate("红色的圆", 2, seed=9)) == png_bytes(
         pipe.generate("红色的圆", 2, seed=9)
     )
 
