@@ -21,17 +21,8 @@ from cogview.tokenizers.vqvae import VQVAE, VQVAE_PRESETS
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    text, image = TextTokenizer.from_pretrained(), ImageTokenizer(VQVAE(VQVAE_PRESETS["tiny"]).eval())
-    vocab = default_vocab(image, text)
-    config = dataclasses.replace(PRESETS["tiny"], vocab_size=vocab.size)
-    models = {
-        job: CogViewTransformer(config) for job in ("text_to_image", "image_to_text", "super_resolution")
-    }
-    folder = tmp_path_factory.mktemp("models") / "three"
-    CogViewPipeline(None, text, image, vocab, job_models=models, sr_window=4).save_pretrained(folder)
-    return folder
+def model_dir(tiny_model_dir: Path) -> Path:
+    return tiny_model_dir
 
 
 @pytest.fixture(scope="module")
