@@ -10,9 +10,9 @@ import argparse
 import logging
 import sys
 
-from cogview.cli import convert, data, evaluate, generate, jobs, tokenizer, train
+from cogview.cli import convert, data, evaluate, generate, jobs, serve, tokenizer, train
 
-COMMAND_MODULES = (tokenizer, data, train, generate, jobs, evaluate, convert)
+COMMAND_MODULES = (tokenizer, data, train, generate, jobs, evaluate, convert, serve)
 
 
 def _configure_logging(verbose: bool) -> None:

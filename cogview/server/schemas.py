@@ -1,0 +1,96 @@
+"""Request bodies of the HTTP API, with the bounds that keep one request's work small.
+
+Strict and closed (``extra="forbid"``): a misspelt field or a string where a number belongs is
+refused with a message instead of silently taking a default, so a client learns at once what it
+got wrong. Sampling fields left out (None) take the model's defaults, as in the CLI.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+# One request must stay a few seconds of CPU work: these bound what a client can ask for.
+MAX_IMAGES = 16  # images returned by one generate call, and images sent to caption/score
+MAX_CANDIDATES = 8  # post-selection candidates per returned image
+MAX_DRAWS = 64  # num_images * candidates: images sampled by one call
+MAX_PROMPT_CHARS = 500
+MAX_PROMPTS = 16
+MAX_CAPTIONS = 8
+MAX_SEED = 2**53 - 1  # JSON-safe: a JavaScript client reads and sends it exactly
+MAX_IMAGE_CHARS = 8_000_000  # base64 text of one image (about 6 MB of PNG)
+MAX_UPSCALE_SIDE = 64  # shorter side (whole codes) of an image to upscale: 64 px is 4x the work of 32
+
+Text = Annotated[str, Field(min_length=1, max_length=MAX_PROMPT_CHARS, description="Chinese or English")]
+ImageData = Annotated[
+    str, Field(min_length=1, max_length=MAX_IMAGE_CHARS, description="base64 PNG/JPEG; a data: URL works")
+]
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
+
+
+class Request(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class Sampling(Request):
+    """Per-call sampling settings; None keeps the model's default for the job."""
+
+    temperature: float | None = Field(None, gt=0, le=10)
+    top_k: int | None = Field(None, ge=0, le=100_000)
+    top_p: float | None = Field(None, ge=0, le=1)
+
+
+class GenerateRequest(Sampling):
+    prompt: Text
+    num_images: int = Field(4, ge=1, le=MAX_IMAGES)
+    seed: Seed | None = None  # None: a random one, returned with the images
+    guidance_scale: float | None = Field(None, ge=0, le=20)
+    candidates: int = Field(1, ge=1, le=MAX_CANDIDATES, description="keep the best caption score of N")
+
+    @model_validator(mode="after")
+    def _bounded_work(self) -> GenerateRequest:
+        if self.num_images * self.candidates > MAX_DRAWS:
+            raise ValueError(
+                f"num_images x candidates = {self.num_images * self.candidates} images to sample; "
+                f"this server samples at most {MAX_DRAWS} per request: lower one of them"
+            )
+        return self
+
+
+class CaptionRequest(Sampling):
+    image: ImageData
+    language: Literal["zh", "en"] = "zh"
+    num_captions: int = Field(1, ge=1, le=MAX_CAPTIONS)
+    seed: Seed | None = None
+
+
+class ScoreRequest(Request):
+    prompt: Text | None = None
+    prompts: list[Text] | None = Field(None, min_length=1, max_length=MAX_PROMPTS)
+    images: list[ImageData] = Field(min_length=1, max_length=MAX_IMAGES)
+
+    @model_validator(mode="after")
+    def _one_prompt_field(self) -> ScoreRequest:
+        if (self.prompt is None) == (self.prompts is None):
+            raise ValueError("give either prompt (one text) or prompts (a list of texts), not both")
+        return self
+
+    @property
+    def texts(self) -> list[str]:
+        return [self.prompt] if self.prompt is not None else list(self.prompts or [])
+
+
+class UpscaleRequest(Sampling):
+    image: ImageData
+    prompt: Text | None = None  # optional description of the image
+    seed: Seed = 0
+
+
+# Body model of each POST endpoint, for error messages that list the fields it takes.
+REQUESTS: dict[str, type[Request]] = {
+    "/api/generate": GenerateRequest,
+    "/api/caption": CaptionRequest,
+    "/api/score": ScoreRequest,
+    "/api/upscale": UpscaleRequest,
+}

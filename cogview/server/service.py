@@ -1,0 +1,161 @@
+"""The server's jobs: validated requests -> one pipeline call each -> JSON-able results.
+
+:class:`Service` owns the pipeline and one lock: the model is a single shared object, so torch
+work runs one request at a time (the HTTP layer calls these methods from a worker thread, never
+on the event loop). Image decoding and other light checks run before the lock is taken, so a bad
+request fails at once even while another one is generating.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import torch
+
+from cogview.pipeline import CogViewPipeline
+from cogview.server import schemas
+from cogview.server.codec import decode_image, encode_images
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+def random_seed() -> int:
+    """A fresh seed that JSON clients read exactly (below 2**53), returned so a result can be redone."""
+    return secrets.randbits(53)
+
+
+class JobUnavailable(LookupError):
+    """The loaded model folder does not serve the job an endpoint needs."""
+
+
+class Service:
+    """Run API requests against one :class:`CogViewPipeline`, one at a time."""
+
+    def __init__(self, pipeline: CogViewPipeline, model_name: str = "") -> None:
+        self.pipeline = pipeline
+        self.model_name = model_name
+        self._lock = threading.Lock()
+        self._info = self._describe()
+
+    def _locked(self, job: str, fn: Callable[[], T]) -> T:
+        with self._lock:
+            start = time.perf_counter()
+            out = fn()
+        logger.info("%s done in %.2f s", job, time.perf_counter() - start)
+        return out
+
+    def _require(self, job: str, what: str) -> None:
+        if job not in self.pipeline.jobs:
+            raise JobUnavailable(
+                f"this model does not {what}: it serves {list(self.pipeline.jobs)} (see GET /api/info); "
+                f"start cogview serve with --model FOLDER of a model that has a {job} job"
+            )
+
+    def info(self) -> dict[str, Any]:
+        """What the model serves and its defaults, for clients to build their requests."""
+        return self._info
+
+    def _describe(self) -> dict[str, Any]:
+        pipe = self.pipeline
+        config = pipe.config()
+        return {
+            "model": self.model_name,
+            "jobs": list(pipe.jobs),
+            "sampling": config["sampling"],
+            "text_budget": config["text_budget"],
+            "vocab": {**config["vocab"], "size": pipe.vocab.size},
+            "image_size": pipe.image_tokenizer.config.image_size,
+            "device": str(pipe.transformer.tok_embeddings.weight.device),
+            "torch": torch.__version__,
+            "limits": {
+                "num_images": schemas.MAX_IMAGES,
+                "candidates": schemas.MAX_CANDIDATES,
+                "images_sampled": schemas.MAX_DRAWS,
+                "prompt_chars": schemas.MAX_PROMPT_CHARS,
+                "prompts": schemas.MAX_PROMPTS,
+                "num_captions": schemas.MAX_CAPTIONS,
+                "upscale_side": schemas.MAX_UPSCALE_SIDE,
+            },
+        }
+
+    def generate(self, req: schemas.GenerateRequest) -> dict[str, Any]:
+        """Images for one prompt with the exact settings and seeds used (as ``generate.json``)."""
+        self._require("text_to_image", "generate images")
+        if req.candidates > 1:
+            self._require("image_to_text", "rerank candidates (candidates > 1 needs captioning)")
+        t2i = self.pipeline.text_to_image
+        n_tokens = len(t2i.text_tokenizer.encode(req.prompt))
+        if n_tokens > t2i.text_budget:
+            raise ValueError(
+                f"the prompt is {n_tokens} text tokens long; this model reads at most {t2i.text_budget}: "
+                "shorten it"
+            )
+        settings = req.model_dump(include={"temperature", "top_k", "top_p", "guidance_scale"})
+        seed = random_seed() if req.seed is None else req.seed
+        (result,) = self._locked(
+            "generate",
+            lambda: self.pipeline.generate_results(
+                req.prompt, req.num_images, candidates=req.candidates, seed=seed, **settings
+            ),
+        )
+        pngs = encode_images(result.images)
+        return {
+            **result.to_dict(),
+            "candidates": req.candidates,
+            "images": [{"seed": s, "png": p} for s, p in zip(result.image_seeds, pngs, strict=True)],
+        }
+
+    def caption(self, req: schemas.CaptionRequest) -> dict[str, Any]:
+        """Captions of one image in Chinese (zh) or English (en); greedy unless top_k > 1."""
+        self._require("image_to_text", "caption images")
+        image = decode_image(req.image)
+        settings = req.model_dump(include={"temperature", "top_k", "top_p"})
+        seed = random_seed() if req.seed is None else req.seed
+        captions = self._locked(
+            "caption",
+            lambda: self.pipeline.caption(image, req.language, req.num_captions, seed=seed, **settings),
+        )
+        return {"captions": captions, "language": req.language, "seed": seed}
+
+    def score(self, req: schemas.ScoreRequest) -> dict[str, Any]:
+        """Caption likelihood of each prompt for each image (CogView's reranking score)."""
+        self._require("image_to_text", "score images (scoring needs captioning)")
+        images = [decode_image(d, f"images[{i}]") for i, d in enumerate(req.images)]
+
+        def run() -> list[dict[str, Any]]:
+            results = []
+            for text in req.texts:
+                scores = self.pipeline.score(text, images)
+                ranking = sorted(range(len(images)), key=lambda i: -scores[i])
+                loss = self.pipeline.caption_loss(text, images)
+                results.append({"prompt": text, "scores": scores, "caption_loss": loss, "ranking": ranking})
+            return results
+
+        results = self._locked("score", run)
+        best_prompt = [
+            max(range(len(results)), key=lambda k: results[k]["scores"][i]) for i in range(len(images))
+        ]
+        return {"results": results, "best_prompt": best_prompt}
+
+    def upscale(self, req: schemas.UpscaleRequest) -> dict[str, Any]:
+        """The image at twice its size, by super-resolution in token space."""
+        self._require("super_resolution", "upscale images")
+        image = decode_image(req.image)
+        sr = self.pipeline.super_resolution
+        side = sr.input_size(image)  # refuses images smaller than one window, with a message
+        if side > schemas.MAX_UPSCALE_SIDE:
+            raise ValueError(
+                f"the image is {image.size[0]}x{image.size[1]} px; this server upscales images of at most "
+                f"{schemas.MAX_UPSCALE_SIDE} px a side (larger ones take minutes on a CPU): shrink or crop it first"
+            )
+        settings = req.model_dump(include={"seed", "temperature", "top_k", "top_p"})
+        big = self._locked("upscale", lambda: self.pipeline.upscale(image, req.prompt, **settings))
+        (png,) = encode_images([big])
+        return {"png": png, "width": big.size[0], "height": big.size[1], "seed": req.seed}
