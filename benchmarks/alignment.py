@@ -41,6 +41,9 @@ def main() -> None:
     parser.add_argument(
         "--temperature", type=float, default=None, help="sampling temperature (default: the model's)"
     )
+    parser.add_argument(
+        "--min-p", default=None, help="comma-separated min-p values to compare (default: the model's)"
+    )
     parser.add_argument("--name", default="alignment", help="file name stem of the JSON result")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
@@ -56,12 +59,15 @@ def main() -> None:
     for dataset in args.datasets.split(","):
         for lang in args.langs.split(","):
             settings = [
-                (float(s), int(c)) for s in args.guidance.split(",") for c in args.candidates.split(",")
+                (float(s), int(c), m)
+                for s in args.guidance.split(",")
+                for c in args.candidates.split(",")
+                for m in ([None] if args.min_p is None else [float(m) for m in args.min_p.split(",")])
             ]
-            for scale, candidates in settings:
+            for scale, candidates, min_p in settings:
                 extra = {
                     k: v
-                    for k, v in (("top_k", args.top_k), ("temperature", args.temperature))
+                    for k, v in (("top_k", args.top_k), ("temperature", args.temperature), ("min_p", min_p))
                     if v is not None
                 }
                 result = evaluate_alignment(
@@ -76,13 +82,14 @@ def main() -> None:
                     candidates=candidates,
                     **extra,
                 )
-                rows.append({**summary_row(result), "candidates": candidates})
+                rows.append({**summary_row(result), "candidates": candidates, "min_p": min_p})
                 tiles = [im for _, images in result["samples"][:16] for im in images[:8]]
                 make_grid(tiles, columns=min(8, args.per_prompt), scale=2).save(
-                    out / f"{args.name}_{dataset}_{lang}_cfg{scale:g}_c{candidates}.png"
+                    out / f"{args.name}_{dataset}_{lang}_cfg{scale:g}_c{candidates}"
+                    f"{'' if min_p is None else f'_minp{min_p:g}'}.png"
                 )
                 print(
-                    f"{dataset:>7} {lang} cfg={scale:<4g} candidates={candidates} aligned {headline(result):6.1%}  "
+                    f"{dataset:>7} {lang} cfg={scale:<4g} min_p={min_p} candidates={candidates} aligned {headline(result):6.1%}  "
                     + "  ".join(f"{k} {v:.1%}" for k, v in result["accuracy"].items()),
                     flush=True,
                 )

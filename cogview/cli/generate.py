@@ -55,6 +55,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         top_k=args.top_k,
         top_p=args.top_p,
         guidance_scale=args.guidance_scale,
+        min_p=args.min_p,
         max_batch_size=args.max_batch_size,
         dtype=args.dtype,
         progress=not args.no_progress,
@@ -119,6 +120,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--top-p", type=float, help="nucleus sampling mass; 0 or 1 = off (default: model's)")
     p.add_argument(
         "--guidance-scale", type=float, help="classifier-free guidance; 1 = off (default: model's)"
+    )
+    p.add_argument(
+        "--min-p",
+        type=float,
+        help="drop codes the conditional model finds less than MIN_P times as likely as its best; "
+        "keeps strong guidance from promoting implausible codes; 0 = off (default: model's)",
     )
     p.add_argument(
         "--max-batch-size",

@@ -15,7 +15,13 @@ from dataclasses import dataclass
 
 import torch
 
-from cogview.generation.sampling import SamplingConfig, cfg_combine, process_logits, sample_from_uniform
+from cogview.generation.sampling import (
+    SamplingConfig,
+    cfg_combine,
+    min_p_filter,
+    process_logits,
+    sample_from_uniform,
+)
 from cogview.model import CogViewTransformer, KVCache
 
 
@@ -159,8 +165,10 @@ def sample_tokens(
         base = state.lengths.repeat_interleave(N)  # [P*N]: per-row positions and slots
     for i in range(steps):
         logits = _restrict(logits, allowed)  # [P*N, V']
+        cond = logits[:N]  # [N, V']
         if guided:
-            logits = cfg_combine(logits[:N], logits[N:], config.guidance_scale)  # [N, V']
+            logits = cfg_combine(cond, logits[N:], config.guidance_scale)  # [N, V']
+        logits = min_p_filter(logits, cond, config.min_p)
         ids = sample_from_uniform(process_logits(logits, config), uniforms[:, i])  # [N]
         if offset:
             ids = ids + offset

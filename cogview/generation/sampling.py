@@ -31,15 +31,20 @@ class SamplingConfig:
         top_p: keep the smallest set of ids whose probability reaches p (nucleus, shift-right as the
             original); 0 or 1 keep all (0 is the original's "off").
         guidance_scale: classifier-free guidance ``uncond + s * (cond - uncond)``; 1 switches it off.
+        min_p: keep only ids whose probability under the *conditional* model (temperature 1, before
+            guidance) is at least ``min_p`` times that of its most likely id; 0 keeps all. Unguided it
+            is min-p sampling; guided it is contrastive decoding's plausibility constraint, which
+            stops guidance from promoting ids that the conditional model itself finds implausible.
     """
 
     temperature: float = 1.0
     top_k: int = 0
     top_p: float = 0.0
     guidance_scale: float = 1.0
+    min_p: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("temperature", "top_p", "guidance_scale"):
+        for name in ("temperature", "top_p", "guidance_scale", "min_p"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise ValueError(f"{name} must be a finite number, got {value!r}")
@@ -52,6 +57,8 @@ class SamplingConfig:
             raise ValueError(f"top_k must be an integer >= 0 (0 keeps all ids), got {self.top_k!r}")
         if not 0.0 <= self.top_p <= 1.0:
             raise ValueError(f"top_p must lie in [0, 1] (0 or 1 keep all ids), got {self.top_p}")
+        if not 0.0 <= self.min_p < 1.0:
+            raise ValueError(f"min_p must lie in [0, 1) (0 keeps all ids), got {self.min_p}")
         if self.guidance_scale < 0:
             raise ValueError(
                 f"guidance_scale must be >= 0 (1 switches guidance off, 0 samples unconditionally), "
@@ -127,6 +134,21 @@ def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
     before = probs.cumsum(dim=-1) - probs  # [B, V] probability mass of the better ids
     drop_sorted = before >= p  # [B, V]; the first column is always kept
     drop = drop_sorted.scatter(-1, order, drop_sorted)  # [B, V] back in id order
+    return logits.masked_fill(drop, NEG_INF)
+
+
+def min_p_filter(logits: torch.Tensor, reference: torch.Tensor, min_p: float) -> torch.Tensor:
+    """Mask ids whose probability under ``reference`` is below ``min_p`` times the row's best; 0 keeps all.
+
+    ``reference`` (``[B, V]`` logits) is the conditional model's own distribution, so under
+    guidance the kept set is what the conditional model finds plausible (its best id always is).
+    """
+    if not 0.0 <= min_p < 1.0:
+        raise ValueError(f"min_p must lie in [0, 1), got {min_p}")
+    if min_p == 0.0:
+        return logits
+    ref = reference.float()
+    drop = ref < ref.max(dim=-1, keepdim=True).values + math.log(min_p)  # [B, V]
     return logits.masked_fill(drop, NEG_INF)
 
 

@@ -204,6 +204,7 @@ class TextToImage(Components):
         top_k: int | None = None,
         top_p: float | None = None,
         guidance_scale: float | None = None,
+        min_p: float | None = None,
         max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
         dtype: torch.dtype | str | None = None,
         progress: bool = False,
@@ -229,7 +230,9 @@ class TextToImage(Components):
                 seed = secrets.randbits(62)
                 logger.info("no seed given; using seed %d", seed)
         compute_dtype = self.resolved_dtype(dtype)
-        overrides = dict(temperature=temperature, top_k=top_k, top_p=top_p, guidance_scale=guidance_scale)
+        overrides = dict(
+            temperature=temperature, top_k=top_k, top_p=top_p, guidance_scale=guidance_scale, min_p=min_p
+        )
         encoded = [(p, *self.prompt_tokens(p), self.settings_for(p, **overrides)) for p in prompt_list]
         model = self.model_in(compute_dtype)
         results = []

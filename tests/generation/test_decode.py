@@ -105,6 +105,30 @@ def test_guidance_scale_one_equals_the_unguided_path(model: CogViewTransformer) 
     assert not torch.equal(plain, guided)
 
 
+def test_guided_min_p_samples_only_ids_the_conditional_model_finds_plausible(
+    model: CogViewTransformer,
+) -> None:
+    steps, min_p = 6, 0.9
+    uniforms = torch.rand(3, steps, generator=torch.Generator().manual_seed(5))
+    cfg = SamplingConfig(temperature=1.0, guidance_scale=30.0, min_p=min_p)
+    out = torch.stack(
+        list(sample_tokens(model, prefill(model, [PROMPT, UNCOND], steps), uniforms, cfg, ALLOWED)), 1
+    )  # [3, steps]
+    unfiltered = torch.stack(
+        list(
+            sample_tokens(
+                model, prefill(model, [PROMPT, UNCOND], steps), uniforms, cfg.replace(min_p=0.0), ALLOWED
+            )
+        ),
+        1,
+    )
+    assert not torch.equal(out, unfiltered)  # strong guidance picks implausible ids without it
+    for row in out:
+        for i, token in enumerate(row.tolist()):
+            probs = _full_logits(model, torch.cat([PROMPT, row[:i]])).softmax(-1)  # conditional model
+            assert probs[token] >= min_p * probs.max() * (1 - 1e-5)
+
+
 def test_samples_stay_in_the_allowed_range(model: CogViewTransformer) -> None:
     out = _tokens(
         model, PROMPT, 30, generator=torch.Generator().manual_seed(0), allowed=range(40, 50), num_samples=5

@@ -52,6 +52,7 @@ def test_generate_end_to_end_and_byte_identical_reruns(
         "top_k": 20,
         "top_p": 0.0,
         "guidance_scale": 2.0,
+        "min_p": 0.0,
     }
     assert len(first["image_seeds"]) == 3 and first["image_seeds"] == second["image_seeds"]
     names = sorted(p.name for p in (tmp_path / "a").glob("*.png"))

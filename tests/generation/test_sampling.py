@@ -10,6 +10,7 @@ from cogview.generation.sampling import (
     apply_temperature,
     cfg_combine,
     mask_to_range,
+    min_p_filter,
     process_logits,
     sample,
     sample_from_uniform,
@@ -122,6 +123,24 @@ def test_cfg_combine_formula_scale_one_and_masked_ids() -> None:
     assert not out.isnan().any() and torch.isneginf(out[:, 10:]).all()
 
 
+def test_min_p_keeps_ids_plausible_under_the_reference_distribution() -> None:
+    logits, reference = _logits(seed=3), _logits(seed=4)
+    out = min_p_filter(logits, reference, 0.2)
+    probs = reference.softmax(-1)
+    keep = probs >= 0.2 * probs.max(-1, keepdim=True).values  # [B, V]
+    assert torch.equal(torch.isfinite(out), keep)
+    torch.testing.assert_close(out[keep], logits[keep])  # kept ids keep their own logits
+    assert bool(keep[torch.arange(4), reference.argmax(-1)].all())  # the reference's best survives
+    assert min_p_filter(logits, reference, 0.0) is logits
+    # Guided: an id that guidance would make the favourite but the conditional model finds
+    # implausible (cond 1e-3 of the best, uncond far lower) is dropped.
+    cond = torch.tensor([[0.0, -7.0, -1.0]])
+    uncond = torch.tensor([[0.0, -20.0, -1.0]])
+    guided = cfg_combine(cond, uncond, 2.0)
+    assert guided.argmax().item() == 1
+    assert min_p_filter(guided, cond, 0.05).argmax().item() == 0
+
+
 def test_process_logits_applies_temperature_then_filters() -> None:
     logits = _logits()
     cfg = SamplingConfig(temperature=0.5, top_k=3)
@@ -138,6 +157,8 @@ def test_process_logits_applies_temperature_then_filters() -> None:
         {"top_k": 2.5},
         {"top_p": 1.5},
         {"guidance_scale": -1.0},
+        {"min_p": 1.0},
+        {"min_p": -0.1},
         {"beam_width": 3},
     ],
 )
