@@ -1,0 +1,130 @@
+"""The web page end to end in a real headless Chromium (Debian's chromium + chromium-driver) via Selenium.
+
+Skips without /usr/bin/chromium, except under COGVIEW_REQUIRE_BROWSER=1 (set by .ci/run), where a
+missing browser fails the test. Uses the shipped default model: the page as a person sees it.
+COGVIEW_SCREENSHOT=PATH keeps the screenshot there (docs/images/server_page.png was made so).
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+REQUIRED = os.environ.get("COGVIEW_REQUIRE_BROWSER") == "1"
+PROMPT = "蓝色背景上左边有一个红色圆形"  # "a red circle on the left, on a blue background"
+
+if not REQUIRED:  # when required, a missing package is an import error, not a skip
+    pytest.importorskip("fastapi", reason="the [server] extra is not installed")
+    pytest.importorskip("uvicorn", reason="the [server] extra is not installed")
+
+from server_helpers import PNG_SIGNATURE, decode_png, live_server  # noqa: E402
+
+from cogview.pipeline import CogViewPipeline  # noqa: E402
+from cogview.server import create_app  # noqa: E402
+
+try:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    SELENIUM_ERROR = ""
+except ImportError as e:
+    SELENIUM_ERROR = f"selenium is not installed ({e.name}); pip install -e '.[dev]'"
+
+
+@pytest.fixture(scope="module")
+def chromium() -> None:
+    """Skip without the browser, or fail when COGVIEW_REQUIRE_BROWSER=1 says it must run."""
+    missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.exists()]
+    why = (
+        f"no {' or '.join(missing)} (apt-get install chromium chromium-driver)" if missing else SELENIUM_ERROR
+    )
+    if why and REQUIRED:
+        pytest.fail(f"{why}; COGVIEW_REQUIRE_BROWSER=1 requires the browser test to run")
+    if why:
+        pytest.skip(why)
+
+
+@pytest.fixture(scope="module")
+def url(chromium: None) -> Iterator[str]:
+    with live_server(create_app(CogViewPipeline.from_pretrained(), model_name="default")) as base:
+        yield base
+
+
+@pytest.fixture
+def browser(chromium: None, tmp_path: Path) -> Iterator[Any]:
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        # Without these Chromium's own connections get refused on a closed network and stall it.
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=980,1100",
+        f"--user-data-dir={tmp_path / 'chromium-profile'}",
+    ]
+    for flag in flags:
+        options.add_argument(flag)
+    # An explicit driver: Selenium Manager must never try to download one.
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def test_generate_and_caption_in_the_page(browser: Any, url: str, tmp_path: Path) -> None:
+    wait = WebDriverWait(browser, 120)
+    browser.get(url + "/")
+    wait.until(lambda d: "jobs:" in d.find_element(By.ID, "model").text)
+
+    # An empty prompt shows the server's message in the error area, and no images.
+    browser.find_element(By.ID, "generate").click()
+    wait.until(lambda d: d.find_element(By.ID, "error").is_displayed())
+    assert "prompt" in browser.find_element(By.ID, "error").text
+
+    browser.find_element(By.ID, "prompt").send_keys(PROMPT)
+    for field, value in (("num-images", "4"), ("seed", "1")):
+        box = browser.find_element(By.ID, field)
+        box.clear()
+        box.send_keys(value)
+    browser.find_element(By.ID, "generate").click()
+    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#results img")) == 4)
+    assert not browser.find_element(By.ID, "error").is_displayed()
+    assert "seed 1" in browser.find_element(By.ID, "summary").text
+    images = browser.find_elements(By.CSS_SELECTOR, "#results img")
+    sources = [im.get_attribute("src") for im in images]
+    assert all(s.startswith("data:image/png;base64,") for s in sources)
+    assert all(decode_png(s.split(",", 1)[1]).size == (32, 32) for s in sources)
+    assert len(set(sources)) > 1  # four draws, not one image four times
+    assert images[0].size["width"] == 128  # shown 4x, without smoothing
+    assert images[0].value_of_css_property("image-rendering") == "pixelated"
+    captions = [f.text for f in browser.find_elements(By.CSS_SELECTOR, "#results figcaption")]
+    assert captions == [f"seed 1 · #{i}" for i in range(1, 5)]
+
+    # Caption panel: choose the first generated image as a file, caption it in Chinese.
+    picture = tmp_path / "generated.png"
+    picture.write_bytes(base64.b64decode(sources[0].split(",", 1)[1]))
+    browser.find_element(By.ID, "caption-file").send_keys(str(picture))
+    browser.find_element(By.CSS_SELECTOR, "#caption-language option[value=zh]").click()
+    browser.find_element(By.ID, "caption").click()
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#captions li"))
+    caption = browser.find_element(By.CSS_SELECTOR, "#captions li").text
+    assert caption and not caption.isascii()
+
+    shot = Path(os.environ.get("COGVIEW_SCREENSHOT") or tmp_path / "server_page.png")
+    shot.parent.mkdir(parents=True, exist_ok=True)
+    assert browser.save_screenshot(str(shot))
+    assert shot.read_bytes()[:8] == PNG_SIGNATURE
