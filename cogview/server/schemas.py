@@ -46,6 +46,9 @@ class GenerateRequest(Sampling):
     num_images: int = Field(4, ge=1, le=MAX_IMAGES)
     seed: Seed | None = None  # None: a random one, returned with the images
     guidance_scale: float | None = Field(None, ge=0, le=20)
+    min_p: float | None = Field(
+        None, ge=0, lt=1, description="drop codes the unguided model finds implausible"
+    )
     candidates: int = Field(1, ge=1, le=MAX_CANDIDATES, description="keep the best caption score of N")
 
     @model_validator(mode="after")

@@ -97,7 +97,7 @@ class Service:
                 f"the prompt is {n_tokens} text tokens long; this model reads at most {t2i.text_budget}: "
                 "shorten it"
             )
-        settings = req.model_dump(include={"temperature", "top_k", "top_p", "guidance_scale"})
+        settings = req.model_dump(include={"temperature", "top_k", "top_p", "guidance_scale", "min_p"})
         seed = random_seed() if req.seed is None else req.seed
         (result,) = self._locked(
             "generate",

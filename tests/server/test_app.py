@@ -66,11 +66,12 @@ def test_the_page_is_one_self_contained_file(client: TestClient) -> None:
 
 def test_generate_returns_pngs_with_the_settings_and_seeds_used(client: TestClient) -> None:
     body = {"prompt": "a red circle", "num_images": 3, "seed": 5, "temperature": 0.7, "guidance_scale": 1}
-    reply = client.post("/api/generate", json=body)
+    reply = client.post("/api/generate", json={**body, "min_p": 0.05})
     assert reply.status_code == 200, reply.text
     data = reply.json()
     assert data["seed"] == 5 and data["num_images"] == 3 and data["kind"] == "en"
     assert data["settings"]["temperature"] == 0.7 and data["settings"]["guidance_scale"] == 1.0
+    assert data["settings"]["min_p"] == 0.05
     assert data["image_seeds"] == [image_seed(5, i) for i in range(3)]
     assert [im["seed"] for im in data["images"]] == data["image_seeds"]
     assert all(decode_png(im["png"]).size == (32, 32) for im in data["images"])
@@ -194,12 +195,13 @@ BAD_INPUTS = [
         "/api/generate",
         {"prompt": "a", "steps": 5},
         422,
-        "unknown field 'steps'; /api/generate takes: candidates",
+        "unknown field 'steps'; /api/generate takes: candidates, guidance_scale, min_p",
     ),
     ("/api/generate", {"prompt": "a", "temperature": 0}, 422, "temperature"),
     ("/api/generate", {"prompt": "a", "top_p": 1.5}, 422, "top_p"),
     ("/api/generate", {"prompt": "a", "top_k": -1}, 422, "top_k"),
     ("/api/generate", {"prompt": "a", "guidance_scale": -1}, 422, "guidance_scale"),
+    ("/api/generate", {"prompt": "a", "min_p": 1}, 422, "min_p: Input should be less than 1"),
     ("/api/generate", {"prompt": "a", "seed": -1}, 422, "seed"),
     ("/api/generate", {"prompt": "a", "seed": 2**53}, 422, "seed"),
     ("/api/generate", {"prompt": "a", "candidates": 9}, 422, "candidates"),
