@@ -126,7 +126,7 @@ def test_cli_end_to_end(original: OriginalFiles, tmp_path: Path, capsys: pytest.
     assert meta["jobs"] in (["text_to_image"], {"text_to_image": "transformer"})
     assert meta["text_budget"] == 64 - 3 - 16
     assert meta["sampling"]["text_to_image"]["default"] == {
-        "temperature": 1.0, "top_k": 200, "top_p": 0.0, "guidance_scale": 1.0,
+        "temperature": 1.0, "top_k": 200, "top_p": 0.0, "guidance_scale": 1.0, "min_p": 0.0,
     }  # fmt: skip
     assert json.loads((out / "conversion.json").read_text())["dtype"] == "bf16"
     with safe_open(out / "transformer" / "model.safetensors", "pt") as f:
