@@ -2,8 +2,9 @@
 
 Measures, in one process and with the same thread count throughout:
 - seconds per image of the default model (the shipped one, or random weights of the default shape
-  when none is installed) through ``CogViewPipeline.generate`` at batch 1 and 16, with and
-  without classifier-free guidance;
+  when none is installed) through ``CogViewPipeline.generate`` at batch 1 and 16: with the
+  model's defaults (post-selection of 2 candidates for the shipped one), one sample per image,
+  and one sample without classifier-free guidance;
 - decode throughput (image tokens/s, prefill included) of our sampler against
   ``transformers.GPT2LMHeadModel.generate`` (use_cache=True, top-k sampling) with the same
   layers, width, heads, MLP width, vocabulary and sequence lengths, random weights, fp32, at
@@ -294,10 +295,16 @@ def main() -> None:
     per_image: dict[str, Any] = {}
     shipped = t2i.settings_for(PROMPT)
     for batch in batches:
-        for label, scale in (("default_settings", None), ("unguided", 1.0)):
-            pipe.generate(PROMPT, num_images=1, seed=0, guidance_scale=scale)  # warm-up
+        # The model's defaults (post-selection included), one sample per image, and one unguided.
+        for label, scale, candidates in (
+            ("default_settings", None, None),
+            ("one_sample", None, 1),
+            ("unguided_one_sample", 1.0, 1),
+        ):
+            kw = dict(guidance_scale=scale, candidates=candidates)
+            pipe.generate(PROMPT, num_images=1, seed=0, **kw)  # warm-up
             t0 = time.perf_counter()
-            pipe.generate(PROMPT, num_images=batch, seed=0, max_batch_size=batch, guidance_scale=scale)
+            pipe.generate(PROMPT, num_images=batch, seed=0, max_batch_size=batch, **kw)
             t = time.perf_counter() - t0
             per_image.setdefault(f"batch_{batch}", {})[label] = round(t / batch, 3)
         print(f"pipeline batch {batch}: {per_image[f'batch_{batch}']} s/image")
@@ -313,7 +320,7 @@ def main() -> None:
         "prompt_tokens": len(prompt),
         "image_tokens": steps,
         "top_k": TOP_K,
-        "default_settings": shipped.to_dict(),
+        "default_settings": {**shipped.to_dict(), "candidates": pipe.candidates},
         "seconds_per_image": per_image,
         "decode": decode,
         "memory_floor_batch_1": floor,

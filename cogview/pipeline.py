@@ -84,6 +84,9 @@ class CogViewPipeline:
         sampling: text-to-image sampling defaults per prompt kind (``{"default": ..., "zh": ...}``).
         job_sampling: sampling defaults of the other jobs (``{"image_to_text": SamplingConfig(...)}``).
         sr_window: low-res codes per super-resolution window side (as in training).
+        candidates: text-to-image post-selection default: images drawn per returned image, the
+            one whose caption likelihood of the prompt is highest kept (1 = off; more needs
+            ``image_to_text``). ``pipeline.json`` keeps it under ``post_selection``.
     """
 
     def __init__(
@@ -99,6 +102,7 @@ class CogViewPipeline:
         job_models: Mapping[str, CogViewTransformer] | None = None,
         job_sampling: Mapping[str, SamplingConfig] | None = None,
         sr_window: int = DEFAULT_SR_WINDOW,
+        candidates: int = 1,
     ) -> None:
         job_models = dict(job_models or {})
         unknown = sorted(set(jobs) - set(JOBS) | set(job_models) - set(JOBS))
@@ -114,6 +118,12 @@ class CogViewPipeline:
                 raise ValueError(f"no transformer for job {job!r}: pass transformer= or job_models[{job!r}]")
             models[job] = model
         self.models = models
+        self.candidates = _check_candidates(candidates)
+        if candidates > 1 and "image_to_text" not in jobs:
+            raise ValueError(
+                f"post-selection (candidates={candidates}) needs an image_to_text job to score candidates; "
+                f"this pipeline serves {list(jobs)}"
+            )
         self.text_tokenizer = text_tokenizer
         self.image_tokenizer = image_tokenizer
         self.vocab = vocab
@@ -167,7 +177,7 @@ class CogViewPipeline:
         dtype: torch.dtype | str | None = None,
         *,
         min_p: float | None = None,
-        candidates: int = 1,
+        candidates: int | None = None,
         generator: torch.Generator | None = None,
         progress: bool = False,
     ) -> list[Image.Image]:
@@ -177,7 +187,8 @@ class CogViewPipeline:
         The same prompt, seed and settings give the same images; ``seed=None`` draws one from
         ``generator`` if given, else at random (use :meth:`TextToImage.run` to get it back).
         ``candidates=N`` draws N images per requested one and keeps the one whose caption
-        likelihood of the prompt is highest (CogView's post-selection; needs ``image_to_text``).
+        likelihood of the prompt is highest (CogView's post-selection; needs ``image_to_text``);
+        None takes the model's default (:attr:`candidates`), 1 switches it off.
         """
         results = self.generate_results(
             prompt,
@@ -197,12 +208,16 @@ class CogViewPipeline:
         return [im for r in results for im in r.images]
 
     def generate_results(
-        self, prompt: str | Sequence[str], num_images: int = 1, *, candidates: int = 1, **kwargs: Any
+        self,
+        prompt: str | Sequence[str],
+        num_images: int = 1,
+        *,
+        candidates: int | None = None,
+        **kwargs: Any,
     ) -> list[PromptResult]:
         """Like :meth:`generate`, with per-prompt records (seeds, settings, reranking scores)."""
         t2i = self._job("text_to_image")
-        if isinstance(candidates, bool) or not isinstance(candidates, int) or candidates < 1:
-            raise ValueError(f"candidates must be a positive integer, got {candidates!r}")
+        candidates = self.candidates if candidates is None else _check_candidates(candidates)
         if candidates == 1:
             return t2i.run(prompt, num_images, **kwargs)
         captioner = self._job("image_to_text")
@@ -279,6 +294,8 @@ class CogViewPipeline:
         }
         if self.super_resolution is not None:
             out["super_resolution"] = {"window": self.sr_window}
+        if self.captioner is not None and self.text_to_image is not None:
+            out["post_selection"] = {"candidates": self.candidates}
         return out
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
@@ -346,6 +363,7 @@ class CogViewPipeline:
             # A list (older folders, converters): every listed job uses transformer/.
             job_dirs = dict(jobs) if isinstance(jobs, Mapping) else {job: TRANSFORMER_DIR for job in jobs}
             sr_window = int(meta.get("super_resolution", {}).get("window", DEFAULT_SR_WINDOW))
+            candidates = meta.get("post_selection", {}).get("candidates", 1)
             text_fp = meta["text_tokenizer"]["fingerprint"]
             image_fp = meta["image_tokenizer"]["fingerprint"]
         except (KeyError, TypeError, ValueError) as e:
@@ -372,6 +390,7 @@ class CogViewPipeline:
             job_models={job: loaded[name] for job, name in job_dirs.items()},
             job_sampling=job_sampling,
             sr_window=sr_window,
+            candidates=candidates,
         )
         return pipe if device is None else pipe.to(device)
 
@@ -390,6 +409,7 @@ class CogViewPipeline:
         sampling: Mapping[str, SamplingConfig] | None = None,
         job_sampling: Mapping[str, SamplingConfig] | None = None,
         sr_window: int = DEFAULT_SR_WINDOW,
+        candidates: int = 1,
     ) -> CogViewPipeline:
         """Compose a pipeline from transformers (models or folders) and tokenizers (objects, folders
         or None for the shipped defaults).
@@ -439,6 +459,7 @@ class CogViewPipeline:
             job_models=models,
             job_sampling=job_sampling,
             sr_window=sr_window,
+            candidates=candidates,
         )
 
 
@@ -483,3 +504,9 @@ def _check_training_info(info: Mapping[str, Any], text: TextTokenizer, image: Im
                 f"the transformer was trained with the {what} of fingerprint {expected}, but the given "
                 f"one has {found}: pass the {what} the training data was prepared with"
             )
+
+
+def _check_candidates(candidates: Any) -> int:
+    if isinstance(candidates, bool) or not isinstance(candidates, int) or candidates < 1:
+        raise ValueError(f"candidates must be a positive integer (1 = no post-selection), got {candidates!r}")
+    return candidates

@@ -53,5 +53,6 @@ models = {
     "image_to_text": "$OUT/default-caption-continue2/model",
     "super_resolution": "$OUT/default-sr-cells-continue/model",
 }
-CogViewPipeline.from_components(models, sampling=DEFAULT_SAMPLING).save_pretrained("${DEST:-cogview/assets/default}")
+# Post-selection, best of 2 by caption likelihood, is the shipped text-to-image default (docs/default_model.md).
+CogViewPipeline.from_components(models, sampling=DEFAULT_SAMPLING, candidates=2).save_pretrained("${DEST:-cogview/assets/default}")
 PYEOF

@@ -42,7 +42,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     prompts = read_prompts(args)
     pipe = CogViewPipeline.from_pretrained(args.model, device=args.device)
     seed = secrets.randbits(62) if args.seed is None else args.seed
-    if args.candidates > 1 and pipe.captioner is None:
+    if args.candidates is not None and args.candidates > 1 and pipe.captioner is None:
         raise ValueError("--candidates needs a model that also serves image_to_text (captioning)")
     if args.upscale and pipe.super_resolution is None:
         raise ValueError("--upscale needs a model that also serves super_resolution")
@@ -83,7 +83,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         "model": str(Path(args.model).resolve()) if args.model else "default",
         "seed": seed,
         "num_images": args.num_images,
-        "candidates": args.candidates,
+        "candidates": pipe.candidates if args.candidates is None else args.candidates,
         "upscale": args.upscale,
         "max_batch_size": args.max_batch_size,
         "dtype": str(pipe.text_to_image.resolved_dtype(args.dtype)).removeprefix("torch."),
@@ -141,9 +141,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--candidates",
         type=int,
-        default=1,
         help="draw N candidates per image and keep the one whose caption likelihood of the prompt is "
-        "highest (CogView's post-selection; needs a captioning model) (default: 1 = no reranking)",
+        "highest (CogView's post-selection; needs a captioning model); 1 = no reranking, N times "
+        "faster (default: the model's, post_selection in pipeline.json; the shipped model: 2)",
     )
     p.add_argument(
         "--upscale",

@@ -52,8 +52,10 @@ DEFAULT_MAX_BATCH_SIZE = 16
 # docs/default_model.md): guidance 1.5 with top-k 20 aligned best on average for zh and en prompts;
 # guidance 2 and 3 broke colour and position on shapes. Temperature 0.3-0.5 beat 0.7 and 1.0 on
 # the third-stage model (a small model's tails draw stray codes that break a shape's outline).
+# min_p 0.15 (plausibility under the conditional model) lifted shapes by 1.5-4 points and digits by
+# 1.5-2 at guidance 1.5 on the fourth-stage model, and keeps guidance 2-3 from breaking shapes.
 DEFAULT_SAMPLING: dict[str, SamplingConfig] = {
-    "default": SamplingConfig(temperature=0.4, top_k=20, top_p=0.0, guidance_scale=1.5),
+    "default": SamplingConfig(temperature=0.4, top_k=20, top_p=0.0, guidance_scale=1.5, min_p=0.15),
 }
 
 

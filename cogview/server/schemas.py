@@ -49,16 +49,27 @@ class GenerateRequest(Sampling):
     min_p: float | None = Field(
         None, ge=0, lt=1, description="drop codes the unguided model finds implausible"
     )
-    candidates: int = Field(1, ge=1, le=MAX_CANDIDATES, description="keep the best caption score of N")
+    candidates: int | None = Field(
+        None,
+        ge=1,
+        le=MAX_CANDIDATES,
+        description="keep the best caption score of N (post-selection); None: the model's default, 1: off",
+    )
 
     @model_validator(mode="after")
     def _bounded_work(self) -> GenerateRequest:
-        if self.num_images * self.candidates > MAX_DRAWS:
-            raise ValueError(
-                f"num_images x candidates = {self.num_images * self.candidates} images to sample; "
-                f"this server samples at most {MAX_DRAWS} per request: lower one of them"
-            )
+        if self.candidates is not None:  # the model's default is checked by the service
+            check_draws(self.num_images, self.candidates)
         return self
+
+
+def check_draws(num_images: int, candidates: int) -> None:
+    """Refuse a request that would sample more than :data:`MAX_DRAWS` images."""
+    if num_images * candidates > MAX_DRAWS:
+        raise ValueError(
+            f"num_images x candidates = {num_images * candidates} images to sample; "
+            f"this server samples at most {MAX_DRAWS} per request: lower one of them"
+        )
 
 
 class CaptionRequest(Sampling):

@@ -88,7 +88,9 @@ class Service:
     def generate(self, req: schemas.GenerateRequest) -> dict[str, Any]:
         """Images for one prompt with the exact settings and seeds used (as ``generate.json``)."""
         self._require("text_to_image", "generate images")
-        if req.candidates > 1:
+        candidates = self.pipeline.candidates if req.candidates is None else req.candidates
+        schemas.check_draws(req.num_images, candidates)
+        if candidates > 1:
             self._require("image_to_text", "rerank candidates (candidates > 1 needs captioning)")
         t2i = self.pipeline.text_to_image
         n_tokens = len(t2i.text_tokenizer.encode(req.prompt))
@@ -102,13 +104,13 @@ class Service:
         (result,) = self._locked(
             "generate",
             lambda: self.pipeline.generate_results(
-                req.prompt, req.num_images, candidates=req.candidates, seed=seed, **settings
+                req.prompt, req.num_images, candidates=candidates, seed=seed, **settings
             ),
         )
         pngs = encode_images(result.images)
         return {
             **result.to_dict(),
-            "candidates": req.candidates,
+            "candidates": candidates,
             "images": [{"seed": s, "png": p} for s, p in zip(result.image_seeds, pngs, strict=True)],
         }
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import numpy as np
@@ -142,6 +143,36 @@ def test_reranking_keeps_the_best_scored_candidate(pipe: CogViewPipeline) -> Non
     for i, kept in enumerate(ranked.rerank["kept"]):
         assert torch.equal(ranked.codes[i], pool.codes[i * 3 + kept])
     assert len(ranked.images) == 2 and ranked.to_dict()["rerank"]["candidates"] == 3
+
+
+def test_the_models_post_selection_default_is_saved_and_used(pipe: CogViewPipeline, tmp_path: Path) -> None:
+    kw = dict(seed=3, top_k=20, guidance_scale=1.0)
+    two = CogViewPipeline(
+        None,
+        pipe.text_tokenizer,
+        pipe.image_tokenizer,
+        pipe.vocab,
+        job_models=pipe.models,
+        sr_window=SR_WINDOW,
+        candidates=2,
+    )
+    two.save_pretrained(tmp_path / "m")
+    assert json.loads((tmp_path / "m" / "pipeline.json").read_text())["post_selection"] == {"candidates": 2}
+    loaded = CogViewPipeline.from_pretrained(tmp_path / "m")
+    assert loaded.candidates == 2 and pipe.candidates == 1
+    default = loaded.generate_results("a red circle", 2, **kw)[0]
+    explicit = pipe.generate_results("a red circle", 2, candidates=2, **kw)[0]
+    assert default.rerank == explicit.rerank and torch.equal(default.codes, explicit.codes)
+    off = loaded.generate_results("a red circle", 2, candidates=1, **kw)[0]
+    assert off.rerank is None and torch.equal(
+        off.codes, pipe.generate_results("a red circle", 2, **kw)[0].codes
+    )
+    with pytest.raises(ValueError, match="needs an image_to_text job"):
+        CogViewPipeline(
+            pipe.models["text_to_image"], pipe.text_tokenizer, pipe.image_tokenizer, pipe.vocab, candidates=2
+        )
+    with pytest.raises(ValueError, match="positive integer"):
+        loaded.generate("a red circle", candidates=0)
 
 
 # --- super-resolution -----------------------------------------------------------------------

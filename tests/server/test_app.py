@@ -99,6 +99,21 @@ def test_a_random_seed_is_returned_json_safe_and_reproduces(client: TestClient) 
     assert pngs(again.json()) == pngs(drawn)
 
 
+def test_the_models_post_selection_default_applies_when_candidates_is_left_out(tiny_model_dir: Path) -> None:
+
+    pipe = CogViewPipeline.from_pretrained(tiny_model_dir)
+    pipe.candidates = 5
+    with TestClient(create_app(pipe)) as c:
+        data = c.post("/api/generate", json={"prompt": "a red circle", "num_images": 2, "seed": 1}).json()
+        assert data["candidates"] == 5 and len(data["rerank"]["scores"][0]) == 5
+        off = c.post(
+            "/api/generate", json={"prompt": "a red circle", "num_images": 2, "seed": 1, "candidates": 1}
+        )
+        assert off.json()["candidates"] == 1 and "rerank" not in off.json()
+        too_many = c.post("/api/generate", json={"prompt": "a red circle", "num_images": 16, "seed": 1})
+        assert too_many.status_code == 400 and "at most 64 per request" in too_many.json()["error"]
+
+
 def test_candidates_keep_the_best_scored_image(client: TestClient) -> None:
     body = {"prompt": "a red circle", "num_images": 2, "candidates": 3, "seed": 1}
     data = client.post("/api/generate", json=body).json()
