@@ -47,7 +47,10 @@ class GenerateRequest(Sampling):
     seed: Seed | None = None  # None: a random one, returned with the images
     guidance_scale: float | None = Field(None, ge=0, le=20)
     min_p: float | None = Field(
-        None, ge=0, lt=1, description="drop codes the unguided model finds implausible"
+        None,
+        ge=0,
+        lt=1,
+        description="drop codes the prompt-conditioned model (before guidance) finds implausible",
     )
     candidates: int | None = Field(
         None,

@@ -69,6 +69,7 @@ class Service:
             "model": self.model_name,
             "jobs": list(pipe.jobs),
             "sampling": config["sampling"],
+            "candidates": pipe.candidates,
             "text_budget": config["text_budget"],
             "vocab": {**config["vocab"], "size": pipe.vocab.size},
             "image_size": pipe.image_tokenizer.config.image_size,

@@ -95,6 +95,8 @@ def test_generate_and_caption_in_the_page(browser: Any, url: str, tmp_path: Path
     wait.until(lambda d: d.find_element(By.ID, "error").is_displayed())
     assert "prompt" in browser.find_element(By.ID, "error").text
 
+    # "Best of" starts at the model's post-selection default (the shipped model: 2).
+    assert browser.find_element(By.ID, "candidates").get_attribute("value") == "2"
     browser.find_element(By.ID, "prompt").send_keys(PROMPT)
     for field, value in (("num-images", "4"), ("seed", "1")):
         box = browser.find_element(By.ID, field)
@@ -104,6 +106,7 @@ def test_generate_and_caption_in_the_page(browser: Any, url: str, tmp_path: Path
     wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#results img")) == 4)
     assert not browser.find_element(By.ID, "error").is_displayed()
     assert "seed 1" in browser.find_element(By.ID, "summary").text
+    assert "best of 2" in browser.find_element(By.ID, "summary").text
     images = browser.find_elements(By.CSS_SELECTOR, "#results img")
     sources = [im.get_attribute("src") for im in images]
     assert all(s.startswith("data:image/png;base64,") for s in sources)
