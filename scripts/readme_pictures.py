@@ -55,7 +55,7 @@ def main() -> None:
 
     prompt = PROMPTS[1]
     [result] = pipe.generate_results(prompt, 1, seed=7, candidates=8)
-    [kept] = pipe.generate_results(prompt, 8, seed=7)  # the same 8 candidates, unranked
+    [kept] = pipe.generate_results(prompt, 8, seed=7, candidates=1)  # the same 8 candidates, unranked
     scores = pipe.score(prompt, kept.images)
     order = sorted(range(len(scores)), key=lambda i: -scores[i])
     make_grid([kept.images[i] for i in order], columns=8, scale=3).save(out / "readme_rerank.png")
