@@ -18,7 +18,6 @@ import torch
 from cogview.generation.sampling import (
     SamplingConfig,
     cfg_combine,
-    min_p_filter,
     process_logits,
     sample_from_uniform,
 )
@@ -168,8 +167,7 @@ def sample_tokens(
         cond = logits[:N]  # [N, V']
         if guided:
             logits = cfg_combine(cond, logits[N:], config.guidance_scale)  # [N, V']
-        logits = min_p_filter(logits, cond, config.min_p)
-        ids = sample_from_uniform(process_logits(logits, config), uniforms[:, i])  # [N]
+        ids = sample_from_uniform(process_logits(logits, config, reference=cond), uniforms[:, i])  # [N]
         if offset:
             ids = ids + offset
         yield ids

@@ -164,8 +164,12 @@ def cfg_combine(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch
     return out.masked_fill(torch.isneginf(cond) | torch.isneginf(uncond), NEG_INF)
 
 
-def process_logits(logits: torch.Tensor, config: SamplingConfig) -> torch.Tensor:
-    """Temperature, then top-k, then top-p (SPEC 3.1 order), in float32."""
+def process_logits(
+    logits: torch.Tensor, config: SamplingConfig, reference: torch.Tensor | None = None
+) -> torch.Tensor:
+    """min-p against ``reference`` (default: ``logits`` themselves; under guidance, the conditional
+    logits), then temperature, top-k and top-p (SPEC 3.1 order), in float32."""
+    logits = min_p_filter(logits, logits if reference is None else reference, config.min_p)
     logits = apply_temperature(logits.float(), config.temperature)
     logits = top_k_filter(logits, config.top_k)
     return top_p_filter(logits, config.top_p)

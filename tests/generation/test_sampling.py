@@ -146,6 +146,15 @@ def test_process_logits_applies_temperature_then_filters() -> None:
     cfg = SamplingConfig(temperature=0.5, top_k=3)
     torch.testing.assert_close(process_logits(logits, cfg), top_k_filter(logits / 0.5, 3))
     assert process_logits(logits.to(torch.bfloat16), cfg).dtype == torch.float32
+    # min-p comes first, on the raw logits (or a reference's), so every job's loop honours it.
+    cfg = SamplingConfig(temperature=0.5, top_k=3, min_p=0.5)
+    torch.testing.assert_close(
+        process_logits(logits, cfg), top_k_filter(min_p_filter(logits, logits, 0.5) / 0.5, 3)
+    )
+    reference = _logits(seed=9)
+    torch.testing.assert_close(
+        process_logits(logits, cfg, reference), top_k_filter(min_p_filter(logits, reference, 0.5) / 0.5, 3)
+    )
 
 
 @pytest.mark.parametrize(
