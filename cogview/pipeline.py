@@ -363,7 +363,7 @@ class CogViewPipeline:
             # A list (older folders, converters): every listed job uses transformer/.
             job_dirs = dict(jobs) if isinstance(jobs, Mapping) else {job: TRANSFORMER_DIR for job in jobs}
             sr_window = int(meta.get("super_resolution", {}).get("window", DEFAULT_SR_WINDOW))
-            candidates = meta.get("post_selection", {}).get("candidates", 1)
+            candidates = _check_candidates(meta.get("post_selection", {}).get("candidates", 1))
             text_fp = meta["text_tokenizer"]["fingerprint"]
             image_fp = meta["image_tokenizer"]["fingerprint"]
         except (KeyError, TypeError, ValueError) as e:

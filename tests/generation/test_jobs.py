@@ -18,6 +18,7 @@ from cogview.generation.super_resolution import SuperResolution
 from cogview.images import to_pil
 from cogview.model import PRESETS, CogViewTransformer
 from cogview.pipeline import CogViewPipeline
+from cogview.serialization import CheckpointError
 from cogview.tokenizers.image import ImageTokenizer
 from cogview.tokenizers.text import TextTokenizer, is_cjk
 from cogview.tokenizers.vqvae import VQVAE, VQVAE_PRESETS
@@ -173,6 +174,11 @@ def test_the_models_post_selection_default_is_saved_and_used(pipe: CogViewPipeli
         )
     with pytest.raises(ValueError, match="positive integer"):
         loaded.generate("a red circle", candidates=0)
+    meta = json.loads((tmp_path / "m" / "pipeline.json").read_text())
+    meta["post_selection"]["candidates"] = "two"
+    (tmp_path / "m" / "pipeline.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="pipeline.json is incomplete or invalid.*positive integer"):
+        CogViewPipeline.from_pretrained(tmp_path / "m")
 
 
 # --- super-resolution -----------------------------------------------------------------------
