@@ -28,7 +28,10 @@ def _image_tokenizer(path: str | None) -> ImageTokenizer:
 def cmd_fid(args: argparse.Namespace) -> int:
     from cogview.evaluation.fid import VQVAEFeatures, fid_from_folders
 
-    extractor = VQVAEFeatures(_image_tokenizer(args.model), batch_size=args.batch_size)
+    tokenizer = _image_tokenizer(args.model)
+    if args.device:
+        tokenizer.to(args.device)
+    extractor = VQVAEFeatures(tokenizer, batch_size=args.batch_size)
     report = fid_from_folders(args.real_dir, args.fake_dir, extractor)
     print(f"FID {report['fid']:.4f}  (extractor {report['extractor']})")
     for side in ("real", "fake"):
@@ -60,5 +63,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         "(default: the tokenizer shipped with cogview)",
     )
     p.add_argument("--batch-size", type=int, default=64, help="images per encoder pass (default: 64)")
+    p.add_argument("--device", help="torch device for the encoder, e.g. cuda (default: cpu)")
     p.add_argument("--json", metavar="OUT", help="also write the FID and image counts to this JSON file")
     p.set_defaults(func=cmd_fid)

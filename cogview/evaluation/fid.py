@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -144,49 +144,84 @@ class ImageFolder:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (file name, reason)
 
 
-def read_image_folder(path: str | os.PathLike) -> ImageFolder:
-    """Every PNG/JPEG file directly in ``path`` as RGB; unreadable files are skipped, counted and logged."""
-    folder = Path(path)
+def _image_files(folder: Path) -> list[Path]:
     if not folder.is_dir():
         raise ValueError(f"{folder} is not a folder; pass a folder of PNG or JPEG images")
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-    images: list[Image.Image] = []
-    skipped: list[tuple[str, str]] = []
-    for file in files:
-        try:
-            with Image.open(file) as im:
-                images.append(im.convert("RGB"))  # decodes every byte: truncated files fail here
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-            skipped.append((file.name, f"{type(e).__name__}: {e}"))
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+def _read_chunks(folder: Path, chunk: int | None = None) -> Iterator[ImageFolder]:
+    """The folder's readable images ``chunk`` files at a time (None: all), each with the files it skipped."""
+    files = _image_files(folder)
+    chunk = chunk or max(1, len(files))
+    for start in range(0, len(files), chunk):
+        part = ImageFolder(folder, [])
+        for file in files[start : start + chunk]:
+            try:
+                with Image.open(file) as im:
+                    part.images.append(im.convert("RGB"))  # decodes every byte: truncated files fail here
+            except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+                part.skipped.append((file.name, f"{type(e).__name__}: {e}"))
+        yield part
+
+
+def _check_read(folder: Path, images: int, skipped: list[tuple[str, str]]) -> None:
     if skipped:
         logger.warning(
             "%s: skipped %d unreadable of %d image files (first: %s: %s)",
             folder,
             len(skipped),
-            len(files),
+            images + len(skipped),
             *skipped[0],
         )
-    if len(images) < 2:
+    if images < 2:
         raise ValueError(
-            f"{folder} has {len(images)} readable PNG/JPEG images; FID needs at least 2 "
+            f"{folder} has {images} readable PNG/JPEG images; FID needs at least 2 "
             "(and hundreds for a stable number)"
         )
-    return ImageFolder(folder, images, skipped)
+
+
+def read_image_folder(path: str | os.PathLike) -> ImageFolder:
+    """Every PNG/JPEG file directly in ``path`` as RGB; unreadable files are skipped, counted and logged."""
+    folder = Path(path)
+    whole = ImageFolder(folder, [])
+    for part in _read_chunks(folder):
+        whole.images += part.images
+        whole.skipped += part.skipped
+    _check_read(folder, len(whole.images), whole.skipped)
+    return whole
+
+
+def folder_features(
+    path: str | os.PathLike, extractor: FeatureExtractor, chunk: int = 512
+) -> tuple[np.ndarray, list[tuple[str, str]]]:
+    """``extractor``'s features of every readable image in ``path`` and the skipped files.
+
+    Reads ``chunk`` files at a time, so memory holds one chunk of images plus the features,
+    whatever the folder's size (FID is often taken over 10,000-50,000 images).
+    """
+    folder = Path(path)
+    features, skipped = [], []
+    for part in _read_chunks(folder, chunk):
+        skipped += part.skipped
+        if part.images:
+            features.append(extractor(part.images))
+    count = sum(len(f) for f in features)
+    _check_read(folder, count, skipped)
+    return np.concatenate(features), skipped
 
 
 def fid_from_folders(
-    real_dir: str | os.PathLike, fake_dir: str | os.PathLike, extractor: FeatureExtractor
+    real_dir: str | os.PathLike, fake_dir: str | os.PathLike, extractor: FeatureExtractor, chunk: int = 512
 ) -> dict[str, Any]:
     """FID between the images of two folders, with the counts a report needs (JSON-friendly)."""
-    real, fake = read_image_folder(real_dir), read_image_folder(fake_dir)
-    return {
-        "fid": fid(real.images, fake.images, extractor),
-        "extractor": extractor.name,
-        **{
-            side: {"path": str(f.path), "images": len(f.images), "skipped": len(f.skipped)}
-            for side, f in (("real", real), ("fake", fake))
-        },
-    }
+    report: dict[str, Any] = {"extractor": extractor.name}
+    stats = []
+    for side, path in (("real", real_dir), ("fake", fake_dir)):
+        features, skipped = folder_features(path, extractor, chunk)
+        stats.append(feature_statistics(features))
+        report[side] = {"path": str(Path(path)), "images": len(features), "skipped": len(skipped)}
+    return {"fid": frechet_distance(*stats[0], *stats[1]), **report}
 
 
 __all__: Sequence[str] = [
@@ -196,6 +231,7 @@ __all__: Sequence[str] = [
     "feature_statistics",
     "fid",
     "fid_from_folders",
+    "folder_features",
     "frechet_distance",
     "read_image_folder",
 ]

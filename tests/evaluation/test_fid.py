@@ -18,6 +18,7 @@ from cogview.evaluation.fid import (
     VQVAEFeatures,
     feature_statistics,
     fid,
+    folder_features,
     frechet_distance,
     read_image_folder,
 )
@@ -155,6 +156,26 @@ def test_the_folder_reader_skips_and_counts_a_broken_file(
         read_image_folder(tmp_path / "missing")
 
 
+def test_folder_features_stream_in_chunks_with_the_same_result(
+    tokenizer: ImageTokenizer, tmp_path: Path
+) -> None:
+    folder = write_folder(tmp_path / "imgs", shapes_images(7, seed=2), broken=True)
+    extractor = VQVAEFeatures(tokenizer, batch_size=3)
+    whole = extractor(read_image_folder(folder).images)
+    calls = []
+
+    def counting(images):
+        calls.append(len(images))
+        return extractor(images)
+
+    counting.name = extractor.name
+    streamed, skipped = folder_features(folder, counting, chunk=3)
+    assert calls == [3, 3, 1] and [name for name, _ in skipped] == ["broken.png"]  # 8 files, 3 at a time
+    np.testing.assert_allclose(streamed, whole, rtol=1e-6, atol=1e-9)
+    with pytest.raises(ValueError, match="at least 2"):
+        folder_features(write_folder(tmp_path / "one", shapes_images(1, seed=0), broken=True), extractor)
+
+
 def test_cli_end_to_end_writes_json(
     tokenizer: ImageTokenizer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -162,7 +183,17 @@ def test_cli_end_to_end_writes_json(
     real = write_folder(tmp_path / "real", shapes_images(6, seed=1), broken=True)
     fake = write_folder(tmp_path / "fake", digits_images(6))
     out = tmp_path / "report" / "fid.json"
-    args = ["fid", str(real), str(fake), "--model", str(tmp_path / "tok"), "--batch-size", "4"]
+    args = [
+        "fid",
+        str(real),
+        str(fake),
+        "--model",
+        str(tmp_path / "tok"),
+        "--batch-size",
+        "4",
+        "--device",
+        "cpu",
+    ]
     assert main([*args, "--json", str(out)]) == 0
     report = json.loads(out.read_text())
     assert report["fid"] > 0 and report["extractor"] == f"vqvae-{tokenizer.fingerprint()}"
