@@ -15,12 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from cogview.generation.sampling import (
-    SamplingConfig,
-    cfg_combine,
-    process_logits,
-    sample_from_uniform,
-)
+from cogview.generation.sampling import SamplingConfig, cfg_combine, process_logits, sample_from_uniform
 from cogview.model import CogViewTransformer, KVCache
 
 
