@@ -23,6 +23,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException
 
 from cogview.model import CogViewTransformer, TransformerConfig
 from cogview.serialization import CONFIG_NAME, WEIGHTS_NAME, CheckpointError, read_json, write_json
@@ -33,6 +34,7 @@ from cogview.training.checkpoint import (
     commit_checkpoint,
     rng_state,
 )
+from cogview.training.dcp_reader import SafeFileSystemReader, SafeLoadPlanner, load_metadata
 from cogview.training.distributed import DistEnv, barrier, broadcast_object, gather_objects
 
 log = logging.getLogger(__name__)
@@ -48,14 +50,27 @@ def read_sharded(checkpoint: str | os.PathLike, state_dict: dict[str, Any]) -> N
     """Fill ``state_dict`` in place from ``checkpoint/dcp`` (resharding to the tensors' layout).
 
     Every key asked for must be in the checkpoint. Collective when a process group exists;
-    a plain single-process read otherwise.
+    a plain single-process read otherwise. The files are read without running code from them
+    (:mod:`cogview.training.dcp_reader`): a shared checkpoint is untrusted input.
     """
     path = Path(checkpoint) / DCP_DIR
     if not (path / ".metadata").is_file():
         raise CheckpointError(f"{path} is not a complete sharded checkpoint (.metadata is missing)")
+    load_metadata(path / ".metadata")  # refused here, before torch's reader sees the file
     with warnings.catch_warnings():  # a single-process read is intended here, not a mistake
         warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-        dcp.load(state_dict, checkpoint_id=path, no_dist=not dist.is_initialized())
+        try:
+            dcp.load(
+                state_dict,
+                storage_reader=SafeFileSystemReader(path),
+                planner=SafeLoadPlanner(),
+                no_dist=not dist.is_initialized(),
+            )
+        except CheckpointException as e:
+            ours = [f[0] for f in e.failures.values() if isinstance(f[0], CheckpointError)]
+            if ours:
+                raise ours[0] from None
+            raise
 
 
 def save_sharded(
