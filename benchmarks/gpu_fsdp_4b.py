@@ -2,10 +2,10 @@
 
 Builds the ``cogview-4b`` preset (3,928,849,920 parameters) directly on the GPU (meta device,
 then ``to_empty`` + ``reset_parameters``), wraps it exactly as ``cogview train --strategy fsdp``
-does (cogview.training.distributed.wrap: ``fully_shard`` per block + root, MixedPrecisionPolicy
+does (cogview.training.strategies.build_replica: ``fully_shard`` per block + root, MixedPrecisionPolicy
 bf16 with fp32 reduction, composable activation checkpointing per block, fused AdamW over fp32
 sharded weights) in a one-process group, and times the real training step
-(cogview.training.loop.train_step: forward, fp32 loss, backward, clipping, AdamW) on synthetic
+(cogview.training.step.train_step: forward, fp32 loss, backward, clipping, AdamW) on synthetic
 rows of 1088 tokens. Reports peak GPU memory (allocated and reserved) and tokens/s, plus model
 TFLOP/s counted as 6 x N per token (8 x N with recomputation, the work actually done).
 
@@ -34,8 +34,10 @@ import torch
 
 from cogview.model import CogViewTransformer
 from cogview.training import distributed
+from cogview.training.batches import Batch
 from cogview.training.config import TrainConfig
-from cogview.training.loop import Batch, train_step
+from cogview.training.step import train_step
+from cogview.training.strategies import build_replica
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "gpu_fsdp_4b.json"
@@ -97,7 +99,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         n_params = model.num_parameters()
         if env.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(env.device)
-        rep = distributed.wrap(model, cfg, env)
+        rep = build_replica(model, cfg, env)
         batch = synthetic_batch(args.batch_size, seq_len, model_cfg.vocab_size, env.device)
         times, losses = [], []
         for i in range(args.warmup + args.steps):

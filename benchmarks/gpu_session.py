@@ -82,9 +82,9 @@ def step_size(config: Path, overrides: list[str]) -> tuple[int, float]:
     """Tokens of one optimizer step of the stage, as the loop counts them, and the steps of one
     epoch of its data (after overrides)."""
     from cogview.cli.common import parse_overrides, read_config_file
+    from cogview.data.shards import open_data
     from cogview.training.batches import BatchSource
     from cogview.training.config import TrainConfig, apply_overrides
-    from cogview.training.loop import open_data
 
     cfg = TrainConfig.from_dict(apply_overrides(read_config_file(str(config)), parse_overrides(overrides)))
     data = open_data(cfg.data)

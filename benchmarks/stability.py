@@ -49,7 +49,7 @@ from cogview.model import CogViewTransformer, TransformerConfig
 from cogview.tokenizers.image import ImageTokenizer
 from cogview.tokenizers.text import TextTokenizer
 from cogview.tokenizers.vqvae import VQVAE, VQVAE_PRESETS
-from cogview.training.loop import make_batch
+from cogview.training.batches import make_batch
 from cogview.training.objective import next_token_loss
 from cogview.training.optim import param_groups
 

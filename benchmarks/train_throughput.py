@@ -1,6 +1,6 @@
 """Training throughput: tokens/s and model FLOP utilisation (MFU) against this machine's matmul rate.
 
-Runs the real training step (:func:`cogview.training.loop.train_step`: forward, fp32 loss,
+Runs the real training step (:func:`cogview.training.step.train_step`: forward, fp32 loss,
 backward, clipping, fused AdamW) on real token rows of the config's shape, and counts
 ``6 x N x tokens`` FLOPs per step, where N is the number of parameters that take part in matrix
 products (all but the position table, a lookup; the tied word table counts once, as the output
@@ -40,9 +40,10 @@ from cogview.model import CogViewTransformer
 from cogview.tokenizers.image import DEFAULT_PATH, ImageTokenizer
 from cogview.tokenizers.text import TextTokenizer
 from cogview.tokenizers.vqvae import VQVAE, VQVAEConfig
+from cogview.training.batches import BatchSource
 from cogview.training.config import TrainConfig, apply_overrides
-from cogview.training.loop import BatchSource, train_step
 from cogview.training.optim import param_groups
+from cogview.training.step import train_step
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "train_throughput.json"

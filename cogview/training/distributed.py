@@ -1,27 +1,22 @@
-"""Process groups for data-parallel training: who am I, init/teardown, collectives, wrapping.
+"""The process environment of a training run and its collectives: who am I, init/teardown, sums.
 
 A run with ``strategy`` other than ``"none"`` is started by ``torchrun`` (which sets ``RANK``,
 ``WORLD_SIZE``, ``LOCAL_RANK`` and the rendezvous); :func:`setup` joins the group with NCCL on
 CUDA and gloo on CPU. Every helper is a no-op on one process, so the training loop calls them
-unconditionally. :func:`wrap` builds the strategy's replica (:mod:`cogview.training.parallel`)
-(DDP, FSDP2, DeepSpeed ZeRO, or the plain single-process model).
+unconditionally. The replica around the model is built in :mod:`cogview.training.strategies`.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
-
-from cogview.training.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -152,42 +147,6 @@ def launched_rank() -> int:
     return int(os.environ.get("RANK", 0))
 
 
-# --- wrapping ----------------------------------------------------------------------------------
-
-
-def wrap(
-    module: torch.nn.Module,
-    cfg: TrainConfig,
-    env: DistEnv,
-    on_model: Callable[[torch.nn.Module], None] | None = None,
-    checkpoint: Path | None = None,
-    state: dict[str, Any] | None = None,
-) -> Any:
-    """The strategy's replica (:mod:`cogview.training.parallel`) around ``module``, with its optimizer.
-
-    ``batch_size`` is the global micro-batch and must split evenly over the ranks. With
-    ``checkpoint`` (and its ``state.pt`` contents ``state``) the replica resumes from it.
-    """
-    if cfg.batch_size % env.world_size:
-        raise ValueError(
-            f"batch_size={cfg.batch_size} is the global micro-batch and must be a multiple of the "
-            f"{env.world_size} processes; set batch_size to a multiple of {env.world_size}"
-        )
-    if cfg.activation_checkpointing:
-        from torch.distributed._composable import checkpoint as recompute_in_backward
-
-        for block in module.layers:  # composable: the parameter names (and checkpoints) stay the same
-            recompute_in_backward(block)
-    from cogview.training import parallel
-
-    if cfg.strategy == "deepspeed":
-        from cogview.training.deepspeed_replica import DeepSpeedReplica
-
-        return DeepSpeedReplica(module, cfg, env, on_model, checkpoint, state)
-    kind = {"none": parallel.Local, "ddp": parallel.DataParallel, "fsdp": parallel.FullyShardedParallel}
-    return kind[cfg.strategy](module, cfg, env, on_model, checkpoint, state)
-
-
 __all__ = [
     "DistEnv",
     "RankZeroFilter",
@@ -200,5 +159,4 @@ __all__ = [
     "resolve_device",
     "setup",
     "teardown",
-    "wrap",
 ]

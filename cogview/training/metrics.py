@@ -12,10 +12,9 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from cogview.training.loop import StepResult
+from cogview.training.step import StepResult
 
 METRICS_NAME = "metrics.jsonl"
 

@@ -29,7 +29,8 @@ from cogview.tokenizers.text import TextTokenizer
 from cogview.tokenizers.vqvae import VQVAE, VQVAE_PRESETS
 from cogview.training.checkpoint import checkpoint_dirs
 from cogview.training.config import TrainConfig
-from cogview.training.loop import read_metrics, train
+from cogview.training.loop import train
+from cogview.training.metrics import read_metrics
 from cogview.training.sharded_checkpoint import is_sharded
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -25,18 +25,19 @@ from cogview.tokenizers.text import TextTokenizer
 from cogview.tokenizers.vocab import Vocabulary
 from cogview.tokenizers.vqvae import VQVAE, VQVAE_PRESETS
 from cogview.training import loop
-from cogview.training.checkpoint import checkpoint_dirs, latest_checkpoint, load_state, save_checkpoint
-from cogview.training.config import TrainConfig
-from cogview.training.loop import (
+from cogview.training.batches import BatchSource, make_batch
+from cogview.training.checkpoint import (
     MODEL_INFO_NAME,
-    BatchSource,
-    TrainingDiverged,
-    make_batch,
-    read_metrics,
-    train,
-    train_step,
+    checkpoint_dirs,
+    latest_checkpoint,
+    load_state,
+    save_checkpoint,
 )
+from cogview.training.config import TrainConfig
+from cogview.training.loop import TrainingDiverged, train
+from cogview.training.metrics import read_metrics
 from cogview.training.optim import param_groups
+from cogview.training.step import train_step
 
 MODEL = {"preset": "tiny", "dim": 32, "n_heads": 2, "max_seq_len": 96}
 
