@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from cogview.checks import check_device, positive_int, prompt_strings
 from cogview.data.prepare import DEFAULT_SR_WINDOW, LAYOUT_OVERHEAD, default_vocab
 from cogview.generation.captioning import Captioner
 from cogview.generation.reranking import rerank
@@ -43,6 +44,12 @@ from cogview.tokenizers.text import TextTokenizer
 from cogview.tokenizers.vocab import Vocabulary
 
 logger = logging.getLogger(__name__)
+
+# What one call may draw unless the pipeline's max_samples is raised: images (prompts x num_images
+# x candidates) or captions (images x num_captions). Each image holds a KV cache row and its
+# pixels until the call returns, so an unbounded count only ends in an allocation error.
+DEFAULT_MAX_SAMPLES = 256
+MAX_CANDIDATES = 64
 
 PIPELINE_NAME = "pipeline.json"
 PIPELINE_FORMAT = "cogview.pipeline"
@@ -119,6 +126,7 @@ class CogViewPipeline:
             models[job] = model
         self.models = models
         self.candidates = _check_candidates(candidates)
+        self.max_samples = DEFAULT_MAX_SAMPLES
         if candidates > 1 and "image_to_text" not in jobs:
             raise ValueError(
                 f"post-selection (candidates={candidates}) needs an image_to_text job to score candidates; "
@@ -218,6 +226,12 @@ class CogViewPipeline:
         """Like :meth:`generate`, with per-prompt records (seeds, settings, reranking scores)."""
         t2i = self._job("text_to_image")
         candidates = self.candidates if candidates is None else _check_candidates(candidates)
+        n_prompts = len(prompt_strings(prompt))
+        num_images = positive_int("num_images", num_images)
+        self._check_samples(
+            n_prompts * num_images * candidates,
+            f"{n_prompts} prompt(s) x {num_images} image(s) x {candidates} candidate(s)",
+        )
         if candidates == 1:
             return t2i.run(prompt, num_images, **kwargs)
         captioner = self._job("image_to_text")
@@ -236,7 +250,19 @@ class CogViewPipeline:
     ) -> list[str]:
         """``num_captions`` captions per image in ``language`` ("zh" or "en"), image by image (see
         :meth:`Captioner.caption` for the sampling settings)."""
-        return self._job("image_to_text").caption(images, language, num_captions, **kwargs)
+        captioner = self._job("image_to_text")
+        num_captions = positive_int("num_captions", num_captions)
+        n_images = 1 if isinstance(images, Image.Image) else len(images)
+        self._check_samples(n_images * num_captions, f"{n_images} image(s) x {num_captions} caption(s)")
+        return captioner.caption(images, language, num_captions, **kwargs)
+
+    def _check_samples(self, total: int, what: str) -> None:
+        if total > self.max_samples:
+            raise ValueError(
+                f"this call would draw {total} samples ({what}), more than the limit of {self.max_samples} "
+                "per call: split it into smaller calls, or raise the pipeline's max_samples "
+                "(CLI: --max-samples) if you have the memory"
+            )
 
     def score(self, prompt: str, images: Image.Image | Sequence[Image.Image], **kwargs: Any) -> list[float]:
         """``log p(prompt | image)`` per image, from one batched pass: higher fits better (CapS)."""
@@ -257,6 +283,7 @@ class CogViewPipeline:
 
     def to(self, device: torch.device | str) -> CogViewPipeline:
         """Move the transformers and the image tokenizer to ``device`` (in place; returns self)."""
+        device = check_device(device)
         for model in self.models.values():
             model.to(device)
         self.image_tokenizer.to(device)
@@ -325,6 +352,8 @@ class CogViewPipeline:
         unreadable folder, a component that fails to load, or tokenizers whose fingerprints differ
         from the ones recorded in ``pipeline.json``.
         """
+        if device is not None:
+            check_device(device)  # before minutes of loading, not after
         folder = default_model_path() if path is None else Path(path)
         if path is None and not (folder / TRANSFORMER_DIR / CONFIG_NAME).is_file():
             raise CheckpointError(
@@ -359,10 +388,10 @@ class CogViewPipeline:
                 if job in all_sampling
             }
             text_budget = meta.get("text_budget")
-            jobs = meta.get("jobs", ["text_to_image"])
-            # A list (older folders, converters): every listed job uses transformer/.
-            job_dirs = dict(jobs) if isinstance(jobs, Mapping) else {job: TRANSFORMER_DIR for job in jobs}
-            sr_window = int(meta.get("super_resolution", {}).get("window", DEFAULT_SR_WINDOW))
+            job_dirs = _job_dirs(meta.get("jobs", ["text_to_image"]), folder)
+            sr_window = positive_int(
+                "super_resolution.window", meta.get("super_resolution", {}).get("window", DEFAULT_SR_WINDOW)
+            )
             candidates = _check_candidates(meta.get("post_selection", {}).get("candidates", 1))
             text_fp = meta["text_tokenizer"]["fingerprint"]
             image_fp = meta["image_tokenizer"]["fingerprint"]
@@ -506,7 +535,20 @@ def _check_training_info(info: Mapping[str, Any], text: TextTokenizer, image: Im
             )
 
 
+def _job_dirs(jobs: Any, folder: Path) -> dict[str, str]:
+    """pipeline.json ``jobs``: a list of job names (each uses transformer/, as older folders and the
+    converter write) or a mapping job -> transformer folder, which must be a folder inside the model's."""
+    if isinstance(jobs, list) and all(isinstance(j, str) for j in jobs):
+        return {job: TRANSFORMER_DIR for job in jobs}
+    if not isinstance(jobs, Mapping):
+        raise ValueError(f"jobs must be a list of job names or a mapping of job to folder, got {jobs!r}")
+    root = folder.resolve()
+    for job, name in jobs.items():
+        inside = isinstance(name, str) and name not in ("", ".", "..") and Path(name).name == name
+        if not inside or (folder / name).resolve().parent != root or "\\" in name:
+            raise ValueError(f"jobs[{job!r}] = {name!r} must name a folder inside the model folder")
+    return dict(jobs)
+
+
 def _check_candidates(candidates: Any) -> int:
-    if isinstance(candidates, bool) or not isinstance(candidates, int) or candidates < 1:
-        raise ValueError(f"candidates must be a positive integer (1 = no post-selection), got {candidates!r}")
-    return candidates
+    return positive_int("candidates", candidates, hint=" (1 = no post-selection)", most=MAX_CANDIDATES)

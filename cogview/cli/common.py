@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 
@@ -27,6 +28,18 @@ def read_config_file(path: str | None) -> dict:
     if not isinstance(data, dict):
         raise ValueError(f"{p} must hold a mapping of config keys to values")
     return data
+
+
+def output_folder(path: str | os.PathLike) -> Path:
+    """``--out``, created now: an existing file there is refused before any work, not after it."""
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is an existing file; give a folder path")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"cannot create the output folder {out}: {e.strerror or e}") from None
+    return out
 
 
 def parse_overrides(pairs: list[str]) -> dict:

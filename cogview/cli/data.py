@@ -33,6 +33,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         resume=args.resume,
         progress=not args.no_progress,
         sr_window=args.sr_window,
+        allow_outside=args.allow_outside,
     )
     seconds = time.perf_counter() - started
     per_task = ", ".join(f"{t} {n}" for t, n in manifest["rows_per_task"].items())
@@ -107,6 +108,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu", help="device for the image tokenizer, e.g. cuda (default: cpu)")
     p.add_argument(
         "--resume", action="store_true", help="continue an interrupted run in OUT with the same settings"
+    )
+    p.add_argument(
+        "--allow-outside",
+        action="store_true",
+        help="a folder dataset may read images outside its folder (paths with .., absolute paths, symlinks "
+        "out); without it they are skipped and counted",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_prepare)

@@ -11,7 +11,11 @@ from typing import Any
 
 import torch
 
+from cogview.checks import positive_int
+from cogview.cli.common import output_folder
 from cogview.images import make_grid
+
+MAX_GRID_SCALE = 32  # a grid of 16 images of 32 px at 32x is already 16k pixels wide
 
 
 def read_prompts(args: argparse.Namespace) -> list[str]:
@@ -40,7 +44,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from cogview.pipeline import CogViewPipeline
 
     prompts = read_prompts(args)
+    positive_int("--grid-scale", args.grid_scale, most=MAX_GRID_SCALE)
+    out = output_folder(args.out)
     pipe = CogViewPipeline.from_pretrained(args.model, device=args.device)
+    if args.max_samples is not None:
+        pipe.max_samples = positive_int("--max-samples", args.max_samples)
     seed = secrets.randbits(62) if args.seed is None else args.seed
     if args.candidates is not None and args.candidates > 1 and pipe.captioner is None:
         raise ValueError("--candidates needs a model that also serves image_to_text (captioning)")
@@ -60,8 +68,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         progress=not args.no_progress,
     )
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     records: list[dict[str, Any]] = []
     for k, result in enumerate(results):
         images = result.images
@@ -151,6 +157,17 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="upscale each kept image 2x in token space (needs a super-resolution model)",
     )
     p.add_argument("--device", help="torch device, e.g. cpu or cuda (default: cpu)")
-    p.add_argument("--grid-scale", type=int, default=4, help="upscale factor of the grid images (default: 4)")
+    p.add_argument(
+        "--grid-scale",
+        type=int,
+        default=4,
+        help=f"upscale factor of the grid images, 1 to {MAX_GRID_SCALE} (default: 4)",
+    )
+    p.add_argument(
+        "--max-samples",
+        type=int,
+        help="the most images one run may draw (prompts x num-images x candidates); refused above it "
+        "so that a typo cannot fill the memory (default: 256)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_generate)

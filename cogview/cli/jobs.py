@@ -7,27 +7,27 @@ import json
 import sys
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
+
+from cogview.checks import positive_int
+from cogview.cli.common import output_folder
+from cogview.images import open_image
 
 
 def read_images(paths: list[str]) -> list[Image.Image]:
     """Open every image (RGB); a missing or unreadable file is an error that names it."""
     if not paths:
         raise ValueError("no images given")
-    images = []
-    for p in paths:
-        try:
-            with Image.open(p) as im:
-                images.append(im.convert("RGB"))
-        except (OSError, UnidentifiedImageError, ValueError) as e:
-            raise ValueError(f"cannot read image {p}: {e}") from None
-    return images
+    return [open_image(p) for p in paths]
 
 
 def _pipeline(args: argparse.Namespace):  # noqa: ANN202 - imported lazily for a fast --help
     from cogview.pipeline import CogViewPipeline
 
-    return CogViewPipeline.from_pretrained(args.model, device=args.device)
+    pipe = CogViewPipeline.from_pretrained(args.model, device=args.device)
+    if getattr(args, "max_samples", None) is not None:
+        pipe.max_samples = positive_int("--max-samples", args.max_samples)
+    return pipe
 
 
 def cmd_caption(args: argparse.Namespace) -> int:
@@ -77,9 +77,8 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 def cmd_upscale(args: argparse.Namespace) -> int:
     images = read_images(args.images)
+    out = output_folder(args.out)
     pipe = _pipeline(args)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     upscaled = pipe.upscale(
         images,
         args.prompt,
@@ -130,6 +129,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--top-p", type=float, help="nucleus sampling mass; 0 or 1 = off (default: model's)")
     p.add_argument("--json", action="store_true", help="print JSON instead of tab-separated lines")
+    p.add_argument(
+        "--max-samples",
+        type=int,
+        help="the most captions one run may draw (images x num-captions); refused above it (default: 256)",
+    )
     _common(p)
     p.set_defaults(func=cmd_caption)
 

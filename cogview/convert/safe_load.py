@@ -106,7 +106,10 @@ def safe_torch_load(path: str | os.PathLike) -> Any:
 
 def _refusal(path: Path, error: Exception) -> str:
     message = str(error)
-    found = re.search(r"(Unsupported global: GLOBAL [\w.]+|Can only build [^\n]*)", message)
+    # torch words a refused global in several ways across versions: match each of them.
+    found = re.search(
+        r"(Unsupported global: GLOBAL [\w.]+|unsupported GLOBAL [\w.]+[^\n]*|Can only build [^\n]*)", message
+    )
     if found is None:  # not an allow-list refusal: a damaged pickle stream
         return (
             f"{path} is not a readable torch checkpoint ({message.strip().splitlines()[-1][:300]}); "

@@ -242,6 +242,7 @@ def prepare(
     resume: bool = False,
     progress: bool = True,
     sr_window: int = DEFAULT_SR_WINDOW,
+    allow_outside: bool = False,
 ) -> dict[str, Any]:
     """Tokenise ``dataset`` ("shapes", "digits" or a folder) into token shards in ``out_dir``.
 
@@ -258,6 +259,8 @@ def prepare(
         progress: show a tqdm progress bar.
         sr_window: low-res codes per side of a super-resolution window; each example renders or
             resizes its image at 2x size too and gives one window row per caption language.
+        allow_outside: a folder dataset may read images outside its folder (``..``, absolute
+            paths, symlinks out); by default they are skipped and counted.
 
     Returns:
         The manifest, also written to ``out_dir/manifest.json``.
@@ -306,10 +309,11 @@ def prepare(
 
     started = time.perf_counter()
     # Loaded before touching out_dir, so that a wrong name or split leaves no folder behind.
-    ds = datasets.load(dataset, split, size=image_tokenizer.image_size)
+    options = {"allow_outside": True} if allow_outside else {}
+    ds = datasets.load(dataset, split, size=image_tokenizer.image_size, **options)
     high_res = None
     if "super_resolution" in tasks:
-        high_res = datasets.load(dataset, split, size=2 * image_tokenizer.image_size)
+        high_res = datasets.load(dataset, split, size=2 * image_tokenizer.image_size, **options)
     out = Path(out_dir)
     chunks = _start_or_resume(out, settings, resume, seq_len * dtype.itemsize)
     if chunks is None:  # already finished with these settings

@@ -2,7 +2,8 @@
 
 `captions.jsonl` holds lines `{"image": "relative/path.png", "caption": "text"}`;
 `captions.tsv` holds lines `relative/path.png<TAB>text`. Every image is fully decoded once
-when the dataset is built, so unreadable, truncated, missing or non-image files are skipped
+when the dataset is built, so unreadable, truncated, oversized, missing or non-image files, lines
+that are not UTF-8 and paths that resolve outside the folder (unless `allow_outside=True`) are skipped
 (listed in `.skipped` as (path, reason) and summed up in one logging warning) instead of
 stopping a run later. A caption containing CJK characters goes to `caption_zh` and otherwise
 to `caption_en`; the other language is the empty string (`Example.captions` gives the
@@ -22,10 +23,8 @@ import os
 import re
 from pathlib import Path
 
-from PIL import Image
-
 from cogview.datasets.base import Example, ExampleSequence, check_size, stable_int
-from cogview.images import resize_center_crop
+from cogview.images import open_image, resize_center_crop
 
 logger = logging.getLogger(__name__)
 
@@ -43,12 +42,16 @@ def _read_pairs(caption_file: Path) -> tuple[list[tuple[str, str]], list[tuple[s
     """(image path, caption) pairs and (line reference, reason) for lines that cannot be parsed."""
     pairs: list[tuple[str, str]] = []
     bad: list[tuple[str, str]] = []
-    with open(caption_file, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            line = line.rstrip("\r\n")
+    with open(caption_file, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            where = f"{caption_file.name}:{lineno}"
+            try:
+                line = raw.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError as e:
+                bad.append((where, f"not UTF-8 text (byte 0x{raw[e.start]:02x} at column {e.start + 1})"))
+                continue
             if not line.strip():
                 continue
-            where = f"{caption_file.name}:{lineno}"
             if caption_file.suffix == ".jsonl":
                 try:
                     record = json.loads(line)
@@ -75,16 +78,17 @@ def _read_pairs(caption_file: Path) -> tuple[list[tuple[str, str]], list[tuple[s
     return pairs, bad
 
 
-def _verify(path: Path) -> str | None:
-    """None if `path` decodes completely as an image, else the reason it does not."""
+def _verify(root: Path, rel: str, allow_outside: bool) -> str | None:
+    """None if ``root/rel`` lies in the folder and decodes completely as an image, else the reason."""
+    path = root / rel
+    if not allow_outside and (Path(rel).is_absolute() or not path.resolve().is_relative_to(root.resolve())):
+        return "outside the dataset folder (a path with .., an absolute path or a symlink out); allow_outside=True reads it"
     if not path.is_file():
         return "missing file"
     try:
-        with Image.open(path) as im:
-            im.load()  # decodes every byte: catches truncated files that `open` alone accepts
-            im.convert("RGB")
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        return f"unreadable image: {type(e).__name__}: {e}"
+        open_image(path)  # sides and shape from the header first, then every pixel decoded
+    except ValueError as e:
+        return f"unreadable image: {e}"
     return None
 
 
@@ -92,7 +96,12 @@ class FolderDataset(ExampleSequence):
     """Image-caption pairs from a folder; bad entries are skipped and listed in `.skipped`."""
 
     def __init__(
-        self, path: str | os.PathLike, split: str = "all", size: int = 32, test_fraction: float = 0.05
+        self,
+        path: str | os.PathLike,
+        split: str = "all",
+        size: int = 32,
+        test_fraction: float = 0.05,
+        allow_outside: bool = False,
     ) -> None:
         root = Path(path)
         if not root.is_dir():
@@ -121,7 +130,7 @@ class FolderDataset(ExampleSequence):
             pairs = [pair for pair, t in zip(pairs, in_test, strict=True) if t == (split == "test")]
         self.items: list[tuple[str, str]] = []
         for rel, text in pairs:
-            reason = _verify(self.root / rel)
+            reason = _verify(self.root, rel, allow_outside)
             if reason is None:
                 self.items.append((rel, text))
             else:
@@ -140,8 +149,7 @@ class FolderDataset(ExampleSequence):
 
     def _example(self, index: int) -> Example:
         rel, text = self.items[index]
-        with Image.open(self.root / rel) as im:
-            image = resize_center_crop(im, self.size)
+        image = resize_center_crop(open_image(self.root / rel), self.size)
         zh, en = (text, "") if has_cjk(text) else ("", text)
         return Example(image=image, caption_zh=zh, caption_en=en, attributes={"path": rel, "caption": text})
 
@@ -154,7 +162,11 @@ def _find_caption_file(folder: Path) -> Path | None:
 
 
 def load_folder(
-    path: str | os.PathLike, split: str = "all", size: int = 32, test_fraction: float = 0.05
+    path: str | os.PathLike,
+    split: str = "all",
+    size: int = 32,
+    test_fraction: float = 0.05,
+    allow_outside: bool = False,
 ) -> FolderDataset:
     """Image-caption pairs from the folder `path` (see the module docstring for the layout)."""
-    return FolderDataset(path, split=split, size=size, test_fraction=test_fraction)
+    return FolderDataset(path, split=split, size=size, test_fraction=test_fraction, allow_outside=allow_outside)

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from cogview.checks import check_seed, check_text, positive_int
 from cogview.generation.batching import image_seed, image_uniforms, progress_bar, resolve_dtype, run_chunked
 from cogview.generation.components import Components
 from cogview.generation.decode import decode_one_token
@@ -81,6 +82,8 @@ class Captioner(Components):
         """``[M, h, w]`` codes of images (PIL, resized and cropped to the tokenizer's size, or pixels)."""
         if isinstance(images, Image.Image):
             images = [images]
+        elif not isinstance(images, (torch.Tensor, Sequence)) or isinstance(images, (str, bytes)):
+            raise TypeError(f"images must be a PIL image, a list of them or a pixel tensor, got {type(images).__name__}")
         if not isinstance(images, torch.Tensor) and len(images) == 0:
             raise ValueError("no images given")
         return self.image_tokenizer.encode(images)
@@ -132,15 +135,16 @@ class Captioner(Components):
         Caption j of image i samples from the stream :func:`image_seed` ``(seed, i * num_captions + j)``;
         the default settings are greedy (top-k 1), so ``seed`` matters only with ``top_k`` > 1.
         """
-        if isinstance(num_captions, bool) or not isinstance(num_captions, int) or num_captions < 1:
-            raise ValueError(f"num_captions must be a positive integer, got {num_captions!r}")
+        num_captions = positive_int("num_captions", num_captions)
+        max_batch_size = positive_int("max_batch_size", max_batch_size)
+        seed = check_seed(seed)
         allowed = self.allowed(language)
         settings = self.sampling.replace(temperature=temperature, top_k=top_k, top_p=top_p)
         if settings.guided:
             raise ValueError("captioning has no classifier-free guidance; leave guidance_scale at 1")
         most = self.text_budget + self.end_tokens
         default = most if self.end is not None else min(most, ORIGINAL_CAPTION_TOKENS)
-        steps = default if max_tokens is None else max_tokens
+        steps = default if max_tokens is None else positive_int("max_tokens", max_tokens)
         if not 1 <= steps <= most:
             raise ValueError(f"max_tokens must lie in [1, {most}], got {max_tokens}")
         rows = self.prefix(self.codes(images)).repeat_interleave(num_captions, dim=0)  # [R, P]
@@ -202,7 +206,7 @@ class Captioner(Components):
 
     def text_ids(self, text: str) -> list[int]:
         """Unified ids of ``text`` cut to the text budget, then ``[EOT]`` (when the vocabulary has it)."""
-        if not isinstance(text, str) or not text.strip():
+        if not check_text("text", text).strip():
             raise ValueError("empty text: give the prompt or caption to score")
         ids = self.text_tokenizer.encode_unified(text, self.vocab, max_length=self.text_budget)
         return ids if self.end is None else ids + [self.end]

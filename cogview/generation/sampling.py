@@ -14,11 +14,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
+from cogview.checks import finite_float
 from cogview.config_io import from_dict_strict
 
 NEG_INF = float("-inf")
+# Below this temperature, dividing logits overflows float32: sampling is greedy (its limit) instead.
+GREEDY_TEMPERATURE = 1e-6
+# Guidance multiplies logit differences; past this scale they can overflow float32.
+MAX_GUIDANCE_SCALE = 1e4
 
 
 @dataclass(frozen=True)
@@ -45,24 +51,21 @@ class SamplingConfig:
 
     def __post_init__(self) -> None:
         for name in ("temperature", "top_p", "guidance_scale", "min_p"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise ValueError(f"{name} must be a finite number, got {value!r}")
-            object.__setattr__(self, name, float(value))
+            object.__setattr__(self, name, finite_float(name, getattr(self, name)))
         if self.temperature <= 0:
             raise ValueError(
                 f"temperature must be > 0, got {self.temperature}; use top_k=1 for greedy decoding"
             )
-        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, (int, np.integer)) or self.top_k < 0:
             raise ValueError(f"top_k must be an integer >= 0 (0 keeps all ids), got {self.top_k!r}")
         if not 0.0 <= self.top_p <= 1.0:
             raise ValueError(f"top_p must lie in [0, 1] (0 or 1 keep all ids), got {self.top_p}")
         if not 0.0 <= self.min_p < 1.0:
             raise ValueError(f"min_p must lie in [0, 1) (0 keeps all ids), got {self.min_p}")
-        if self.guidance_scale < 0:
+        if not 0 <= self.guidance_scale <= MAX_GUIDANCE_SCALE:
             raise ValueError(
-                f"guidance_scale must be >= 0 (1 switches guidance off, 0 samples unconditionally), "
-                f"got {self.guidance_scale}"
+                f"guidance_scale must lie in [0, {MAX_GUIDANCE_SCALE:g}] (1 switches guidance off, 0 samples "
+                f"unconditionally; beyond {MAX_GUIDANCE_SCALE:g} float32 logits overflow), got {self.guidance_scale}"
             )
 
     @property
@@ -87,10 +90,18 @@ class SamplingConfig:
 
 
 def apply_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """``logits / temperature`` (temperature > 0)."""
+    """``logits / temperature`` (temperature > 0); masked ids stay -inf at any temperature.
+
+    Below :data:`GREEDY_TEMPERATURE` the division would overflow, so the row keeps only its
+    most likely ids (ties kept): the limit of a vanishing temperature.
+    """
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
-    return logits if temperature == 1.0 else logits / temperature
+    if temperature == 1.0:
+        return logits
+    if temperature < GREEDY_TEMPERATURE:
+        return logits.masked_fill(logits < logits.max(dim=-1, keepdim=True).values, NEG_INF)
+    return (logits / temperature).masked_fill(torch.isneginf(logits), NEG_INF)
 
 
 def mask_to_range(logits: torch.Tensor, allowed: slice | range | torch.Tensor) -> torch.Tensor:
@@ -132,7 +143,8 @@ def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
     sorted_logits, order = logits.sort(dim=-1, descending=True)  # [B, V] each
     probs = sorted_logits.float().softmax(dim=-1)  # [B, V]
     before = probs.cumsum(dim=-1) - probs  # [B, V] probability mass of the better ids
-    drop_sorted = before >= p  # [B, V]; the first column is always kept
+    drop_sorted = before >= p  # [B, V]
+    drop_sorted[..., 0] = False  # the most likely id always survives, even when p rounds to 0 in float32
     drop = drop_sorted.scatter(-1, order, drop_sorted)  # [B, V] back in id order
     return logits.masked_fill(drop, NEG_INF)
 

@@ -19,12 +19,13 @@ import numpy as np
 import torch
 from PIL import Image
 
+from cogview.checks import check_seed, check_text, positive_int
 from cogview.data import sequences
 from cogview.data.windows import Window, magnify_windows
 from cogview.generation.batching import image_seed, image_uniforms, progress_bar, run_chunked
 from cogview.generation.components import Components
 from cogview.generation.sampling import SamplingConfig, process_logits, sample_from_uniform
-from cogview.images import resize_center_crop
+from cogview.images import check_image_size, resize_center_crop
 from cogview.model import CogViewTransformer
 from cogview.tokenizers.image import ImageTokenizer
 from cogview.tokenizers.text import TextTokenizer
@@ -114,10 +115,19 @@ class SuperResolution(Components):
     ) -> list[Image.Image]:
         """Each image at twice its (square, code-aligned) size; images of one size share batches."""
         single = isinstance(images, Image.Image)
+        if not single and (not isinstance(images, Sequence) or isinstance(images, (str, bytes))):
+            raise TypeError(f"images must be a PIL image or a list of them, got {type(images).__name__}")
         images = [images] if single else list(images)
         if not images:
             raise ValueError("no images given")
+        for im in images:
+            if not isinstance(im, Image.Image):
+                raise TypeError(f"images must be PIL images, got {type(im).__name__}")
+            check_image_size(*im.size)
+        check_text("prompt", prompt, allow_none=True)
+        max_batch_size = positive_int("max_batch_size", max_batch_size)
         settings = self.sampling.replace(temperature=temperature, top_k=top_k, top_p=top_p)
+        seed = check_seed(seed)
         seed = secrets.randbits(62) if seed is None else seed
         text = self.text_ids(prompt)
         out: list[Image.Image | None] = [None] * len(images)

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from cogview.checks import check_seed, check_text, positive_int, prompt_strings
 from cogview.data import sequences
 from cogview.generation.batching import (
     image_seed,
@@ -142,8 +143,7 @@ class TextToImage(Components):
 
     def prompt_tokens(self, prompt: str) -> tuple[torch.Tensor, bool]:
         """``[ROI1] text [BASE] [BOI1]`` (a prefix of the training layout) and whether the text was cut."""
-        if not isinstance(prompt, str):
-            raise ValueError(f"a prompt must be a str, got {type(prompt).__name__}")
+        check_text("prompt", prompt)
         if not prompt.strip():
             raise ValueError("empty prompt: give some text to draw (e.g. 'a red circle')")
         n = len(self.text_tokenizer.encode(prompt))
@@ -218,13 +218,10 @@ class TextToImage(Components):
         whatever the other prompts and (up to float rounding) ``max_batch_size``. ``seed=None``
         takes one from ``generator`` if given, else a fresh random one; it is in the results.
         """
-        prompt_list = [prompts] if isinstance(prompts, str) else list(prompts)
-        if not prompt_list:
-            raise ValueError("no prompts given")
-        if isinstance(num_images, bool) or not isinstance(num_images, int) or num_images < 1:
-            raise ValueError(f"num_images must be a positive integer, got {num_images!r}")
-        if isinstance(max_batch_size, bool) or not isinstance(max_batch_size, int) or max_batch_size < 1:
-            raise ValueError(f"max_batch_size must be a positive integer, got {max_batch_size!r}")
+        prompt_list = prompt_strings(prompts)
+        num_images = positive_int("num_images", num_images)
+        max_batch_size = positive_int("max_batch_size", max_batch_size)
+        seed = check_seed(seed)
         if seed is None:
             if generator is not None:
                 seed = int(torch.randint(0, 2**62, (1,), generator=generator))

@@ -9,6 +9,7 @@ models and the released 4B checkpoints (SPEC 1.1). The config travels with the w
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +17,10 @@ from cogview.config_io import from_dict_strict
 
 LN_INPUT_SCALINGS = ("none", "max", "original")
 
+
+def _positive_finite(value: Any) -> bool:
+    """A real number > 0 that is neither inf nor NaN (JSON configs can spell both)."""
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and 0 < value < math.inf
 
 def _divisors(n: int, limit: int = 128) -> list[int]:
     return [d for d in range(1, min(n, limit) + 1) if n % d == 0]
@@ -96,7 +101,7 @@ class TransformerConfig:
             raise ValueError(f"ffn_dim={self.ffn_dim!r} must be a positive integer, or None for 4 * dim")
         if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout={self.dropout!r} must be a probability in [0, 1)")
-        if not isinstance(self.norm_eps, (int, float)) or self.norm_eps <= 0:
+        if not _positive_finite(self.norm_eps):
             raise ValueError(f"norm_eps={self.norm_eps!r} must be > 0 (the original uses 1e-5)")
         cells = self.cell_embeddings
         if isinstance(cells, bool) or not isinstance(cells, int) or cells < 0:
@@ -107,9 +112,7 @@ class TransformerConfig:
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name}={getattr(self, name)!r} must be true or false")
         alpha = self.pb_relax_alpha
-        if alpha is not None and (
-            isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or alpha <= 0
-        ):
+        if alpha is not None and not _positive_finite(alpha):
             raise ValueError(
                 f"pb_relax_alpha={alpha!r} must be None (standard softmax) or a positive number (the paper uses 32)"
             )

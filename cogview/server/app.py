@@ -16,6 +16,7 @@ from fastapi.responses import HTMLResponse
 
 from cogview import __version__
 from cogview.pipeline import CogViewPipeline
+from cogview.server.body_limit import DEFAULT_MAX_BODY_BYTES, BodyLimit
 from cogview.server.errors import install_error_handlers
 from cogview.server.service import Service
 
@@ -25,13 +26,19 @@ def page_html() -> str:
     return importlib.resources.files("cogview.server").joinpath("static", "index.html").read_text("utf-8")
 
 
-def create_app(pipeline: CogViewPipeline, *, model_name: str = "") -> FastAPI:
-    """An app serving ``pipeline``'s jobs; ``model_name`` is only reported by ``/api/info``."""
+def create_app(
+    pipeline: CogViewPipeline, *, model_name: str = "", max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+) -> FastAPI:
+    """An app serving ``pipeline``'s jobs; ``model_name`` is only reported by ``/api/info``.
+
+    Request bodies over ``max_body_bytes`` are refused with 413 before they are read.
+    """
     service = Service(pipeline, model_name)
     page = page_html()
     # No /docs or /redoc: they load their scripts from a CDN. The schema stays at /openapi.json.
     app = FastAPI(title="CogView", version=__version__, docs_url=None, redoc_url=None)
     install_error_handlers(app)
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index() -> str:

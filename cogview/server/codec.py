@@ -1,22 +1,20 @@
 """Images in JSON: base64 text <-> PIL images.
 
 Images travel as base64 PNG inside JSON, so the API needs no multipart parser and a browser's
-``FileReader.readAsDataURL`` result can be posted as it is. Decoding checks the size from the
-header before the pixels are read: a small file must not unpack into a huge image.
+``FileReader.readAsDataURL`` result can be posted as it is. Decoding checks each side and the
+shape from the header before the pixels are read (:func:`cogview.images.open_image`): a small
+file must not unpack into a huge image.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import io
 from collections.abc import Sequence
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from cogview.images import png_bytes
-
-MAX_PIXELS = 4096 * 4096
+from cogview.images import open_image, png_bytes
 
 
 def decode_image(data: str, name: str = "image") -> Image.Image:
@@ -29,16 +27,7 @@ def decode_image(data: str, name: str = "image") -> Image.Image:
         raw = base64.b64decode(data, validate=True)
     except (binascii.Error, ValueError):
         raise ValueError(f"{name} is not valid base64; send the image file's bytes base64-encoded") from None
-    try:
-        with Image.open(io.BytesIO(raw)) as im:
-            w, h = im.size
-            if w * h > MAX_PIXELS:
-                raise ValueError(f"{name} is {w}x{h} pixels, more than {MAX_PIXELS}; send a smaller image")
-            return im.convert("RGB")
-    except UnidentifiedImageError:
-        raise ValueError(f"{name} is not an image file; send a PNG or JPEG, base64-encoded") from None
-    except (Image.DecompressionBombError, OSError, SyntaxError) as e:
-        raise ValueError(f"{name} could not be read as an image ({e}); send a PNG or JPEG file") from None
+    return open_image(raw, name)
 
 
 def encode_images(images: Sequence[Image.Image]) -> list[str]:

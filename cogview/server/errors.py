@@ -1,6 +1,7 @@
 """Every error as ``{"error": message}`` JSON with a 4xx status that says what went wrong.
 
-Bad input must never look like a server fault: schema violations are 422 with one line per field
+Bad input must never look like a server fault: schema violations and bodies that are not JSON
+(malformed, not UTF-8, nested too deeply) are 422 with one line per field
 (naming the fields an endpoint takes when an unknown one is sent), the library's ValueErrors
 (empty prompt, unreadable image, settings out of range) are 400, a job the model lacks is 404.
 Anything else is a real bug: 500 with no internals in the reply (the ASGI server logs the traceback).
@@ -58,8 +59,16 @@ async def _unavailable(request: Request, exc: JobUnavailable) -> JSONResponse:
     return error_response(404, str(exc))
 
 
+BODY_PARSE_ERROR = "There was an error parsing the body"
+
+
 async def _http(request: Request, exc: HTTPException) -> JSONResponse:
     message = str(exc.detail)
+    if exc.status_code == 400 and message == BODY_PARSE_ERROR:
+        # FastAPI's answer to a body json cannot decode at all (nesting too deep, bytes that are
+        # not UTF-8): the same 422 as any other malformed JSON.
+        message = "the body is not valid JSON (not UTF-8, or nested too deeply); send a JSON object of fields"
+        return error_response(422, message, fields=[message])
     if exc.status_code == 404:
         message = (
             f"no such page: {request.url.path}; the web page is at / and the API under /api (GET /api/info)"

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from cogview.images import to_pil, to_tensor
+from cogview.images import check_pixels, to_pil, to_tensor
 from cogview.serialization import (
     CONFIG_NAME,
     WEIGHTS_NAME,
@@ -70,11 +70,7 @@ class ImageTokenizer:
         if isinstance(images, Image.Image):
             images = [images]
         if isinstance(images, torch.Tensor):
-            if images.ndim != 4 or images.shape[1] != 3:
-                raise ValueError(
-                    f"expected a float tensor (B, 3, H, W) in [0, 1], got shape {tuple(images.shape)}"
-                )
-            pixels = images.float()
+            pixels = check_pixels(images).float()
             if pixels.shape[-2:] != (size, size):
                 pixels = torch.nn.functional.interpolate(
                     pixels, size=(size, size), mode="bicubic", antialias=True

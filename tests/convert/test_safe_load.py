@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import os
 import zipfile
 from pathlib import Path
 
@@ -197,3 +198,20 @@ def test_reading_a_mapped_checkpoint_costs_no_heap(tmp_path: Path) -> None:
     assert copied > size // 2, copied  # the measure sees a copy
     assert mapped < size // 8, mapped  # ... and the mapped load makes none
     del read
+
+
+class _System:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_os_system_payload_is_refused_with_the_documented_wording(tmp_path: Path) -> None:
+    """torch words a blocked module's global differently from an unknown one; both are refusals."""
+    marker, path = tmp_path / "marker", tmp_path / "evil.pt"
+    torch.save({"module": {"w": torch.zeros(2)}, "extra": _System(marker)}, path)
+    with pytest.raises(CheckpointError, match=r"refusing to load .*evil\.pt.*GLOBAL posix\.system"):
+        safe_torch_load(path)
+    assert not marker.exists()

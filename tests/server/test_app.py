@@ -273,3 +273,45 @@ def test_rgba_and_jpeg_inputs_are_converted_not_refused(
     buf = io.BytesIO()
     images[0].save(buf, format="JPEG")
     assert client.post("/api/caption", json={"image": _raw(buf.getvalue())}).status_code == 200
+
+
+def test_bodies_over_the_cap_are_413_before_they_are_read(tiny_pipe: CogViewPipeline) -> None:
+    with TestClient(create_app(tiny_pipe, max_body_bytes=1000)) as small:
+        json_type = {"content-type": "application/json"}
+        reply = small.post("/api/generate", content=b"x" * 2000, headers=json_type)
+        assert reply.status_code == 413 and "larger than 1000 bytes" in reply.json()["error"]
+
+        def chunked():  # no Content-Length: counted as it arrives
+            for _ in range(5):
+                yield b"x" * 500
+
+        reply = small.post("/api/generate", content=chunked(), headers=json_type)
+        assert reply.status_code == 413
+        ok = small.post("/api/generate", json={"prompt": "a", "num_images": 1, "candidates": 1})
+        assert ok.status_code == 200
+
+
+def test_undecodable_json_is_422_like_any_malformed_body(client: TestClient) -> None:
+    json_type = {"content-type": "application/json"}
+    for body in (b"[" * 100_000 + b"]" * 100_000, b'{"prompt": "\xff\xfe"}'):
+        reply = client.post("/api/generate", content=body, headers=json_type)
+        assert reply.status_code == 422 and "not valid JSON" in reply.json()["error"], reply.text
+
+
+def test_hostile_images_and_text_are_400_at_once(client: TestClient) -> None:
+    import struct
+    import time
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    for width, height in ((16777216, 1), (4194304, 4)):
+        header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+        bomb = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+        started = time.perf_counter()
+        reply = client.post("/api/caption", json={"image": _raw(bomb)})
+        assert reply.status_code == 400 and "at most 4096" in reply.json()["error"]
+        assert time.perf_counter() - started < 2
+    reply = client.post("/api/generate", content=b'{"prompt": "\\ud800"}', headers={"content-type": "application/json"})
+    assert reply.status_code in (400, 422) and reply.status_code != 500
