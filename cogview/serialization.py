@@ -8,8 +8,10 @@ file is refused with a message that names what is wrong instead of a bare traceb
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -27,6 +29,24 @@ class CheckpointError(ValueError):
     """A model folder or weights file that cannot be used, with the reason in the message."""
 
 
+class DiskFullError(OSError):
+    """A save that found (or would find) no room on the disk; nothing was replaced."""
+
+
+def raise_if_disk_full(error: BaseException, path: str | os.PathLike) -> None:
+    """Re-raise a write failure that means "no space left" (ENOSPC, or safetensors' or torch's
+    wording of it) as a :class:`DiskFullError` naming the file and the free space."""
+    message = str(error)
+    if getattr(error, "errno", None) == errno.ENOSPC or "No space left" in message or "disk full" in message:
+        try:
+            free = f"{shutil.disk_usage(Path(path).parent).free / 2**20:.0f} MiB free"
+        except OSError:
+            free = "free space unknown"
+        raise DiskFullError(
+            errno.ENOSPC, f"no space left on the device to write {path} ({free}); the previous file is untouched"
+        ) from error
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
     """Call ``write(tmp_path)`` and then move the temporary file onto ``path`` atomically.
 
@@ -38,7 +58,11 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        write(tmp)
+        try:
+            write(tmp)
+        except (OSError, SafetensorError, RuntimeError) as e:
+            raise_if_disk_full(e, path)
+            raise
         # mkstemp creates 0600 and some writers (safetensors) replace the file: make it readable
         # like any other saved file, after writing
         os.chmod(tmp, 0o644)

@@ -267,3 +267,38 @@ def test_bad_pipeline_json_is_refused(tiny_model_dir: Path, tmp_path: Path, chan
 def test_norm_eps_must_be_positive_and_finite(value: float) -> None:
     with pytest.raises(ValueError, match="norm_eps"):
         TransformerConfig(vocab_size=64, dim=16, n_layers=1, n_heads=2, max_seq_len=16, norm_eps=value)
+
+
+# --- 13: a full disk -------------------------------------------------------------------------------
+
+
+def test_a_full_disk_is_a_clear_error_and_loses_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+    import shutil as shutil_module
+
+    from safetensors import SafetensorError
+
+    from cogview.serialization import DiskFullError, atomic_write, save_weights
+    from cogview.training.checkpoint import checkpoint_dirs, save_checkpoint
+
+    weights = tmp_path / "model.safetensors"
+    save_weights(weights, {"w": torch.ones(4)})
+    before = weights.read_bytes()
+
+    def full(tmp: str) -> None:
+        raise SafetensorError("Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: \"No space left on device\" })")
+
+    with pytest.raises(DiskFullError, match="no space left on the device to write .*model.safetensors"):
+        atomic_write(weights, full)
+    assert weights.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["model.safetensors"]
+
+    out = tmp_path / "run"
+    save = lambda folder: save_weights(folder / "model.safetensors", {"w": torch.ones(1000)})  # noqa: E731
+    save_checkpoint(out, 1, save, {})
+    usage = shutil_module.disk_usage(tmp_path)
+    monkeypatch.setattr(shutil_module, "disk_usage", lambda p: usage._replace(free=1000))
+    with pytest.raises(DiskFullError, match="not enough free space .* pruned only after the new one is saved") as info:
+        save_checkpoint(out, 2, save, {})
+    assert info.value.errno == errno.ENOSPC
+    assert [d.name for d in checkpoint_dirs(out)] == ["step_00000001"]
+    assert not list((out / "checkpoints").glob(".tmp_*"))

@@ -11,6 +11,7 @@ import logging
 import sys
 
 from cogview.cli import convert, data, evaluate, generate, jobs, serve, tokenizer, train
+from cogview.serialization import DiskFullError
 
 COMMAND_MODULES = (tokenizer, data, train, generate, jobs, evaluate, convert, serve)
 
@@ -45,6 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:  # bad user input: a clear message, no traceback
         print(f"cogview {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except DiskFullError as e:
+        print(f"cogview {args.command}: error: {e.strerror}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ renamed when complete, so a kill during a save leaves the previous checkpoint as
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import random
@@ -20,6 +21,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from cogview.serialization import DiskFullError, raise_if_disk_full
 
 log = logging.getLogger(__name__)
 STATE_NAME = "state.pt"
@@ -79,8 +82,16 @@ def save_checkpoint(
 ) -> Path:
     """Write a complete checkpoint for ``step`` atomically and prune all but the last ``keep_last``."""
     tmp = begin_checkpoint(out_dir, step)
-    save_model(tmp)
-    torch.save({"step": step, "rng": rng_state(), **state}, tmp / STATE_NAME)
+    try:
+        save_model(tmp)
+        try:
+            torch.save({"step": step, "rng": rng_state(), **state}, tmp / STATE_NAME)
+        except (OSError, RuntimeError) as e:
+            raise_if_disk_full(e, tmp / STATE_NAME)
+            raise
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # a failed save leaves no half-written folder
+        raise
     return commit_checkpoint(out_dir, step, tmp, keep_last)
 
 
@@ -88,11 +99,30 @@ def begin_checkpoint(out_dir: str | os.PathLike, step: int) -> Path:
     """A fresh temporary folder for the checkpoint of ``step``; :func:`commit_checkpoint` publishes it."""
     root = Path(out_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
+    _check_room(root)
     tmp = root / f".tmp_step_{step:08d}_{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
     return tmp
+
+
+def _check_room(root: Path) -> None:
+    """Refuse to start a save that cannot fit: the new checkpoint is written in full before the
+    oldest is pruned, so it needs the size of the last one free on top of those kept."""
+    dirs = sorted(root.glob("step_*"))
+    if not dirs:
+        return  # the first save: nothing to measure it by (a full disk still fails clearly)
+    need = sum(f.stat().st_size for f in dirs[-1].rglob("*") if f.is_file())
+    free = shutil.disk_usage(root).free
+    if free < need * 1.05:
+        raise DiskFullError(
+            errno.ENOSPC,
+            f"not enough free space in {root} for the next checkpoint: it needs about {need / 2**20:.0f} MiB "
+            f"(the size of {dirs[-1].name}) and {free / 2**20:.0f} MiB are free. Checkpoints are pruned only "
+            "after the new one is saved, so the disk briefly holds keep_last + 1 of them: free some space, "
+            "lower keep_last or write to another disk",
+        )
 
 
 def commit_checkpoint(out_dir: str | os.PathLike, step: int, tmp: Path, keep_last: int = 3) -> Path:
