@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from cogview import datasets
+from cogview.datasets import shapes
 from cogview.pipeline import CogViewPipeline
 
 
@@ -26,12 +27,25 @@ def test_shipped_text_to_image_is_seeded(pipe: CogViewPipeline) -> None:
     assert a.size == (32, 32) and np.array_equal(np.asarray(a), np.asarray(b))
 
 
-def test_shipped_captioning_and_upscaling_of_a_test_scene(pipe: CogViewPipeline) -> None:
-    scene = datasets.load("shapes", "test", size=32)[0]
-    caption = pipe.caption(scene.image, language="en")[0]
-    assert caption and caption.isascii()
-    big = pipe.upscale(scene.image, seed=0)
-    assert big.size == (64, 64)
-    truth = np.asarray(datasets.load("shapes", "test", size=64)[0].image, dtype=np.float64) / 255
-    mse = np.mean((np.asarray(big, dtype=np.float64) / 255 - truth) ** 2)
-    assert 10 * np.log10(1 / mse) > 25  # a real upscale of the scene, not plain background (~16 dB)
+def test_shipped_captions_name_the_scene(pipe: CogViewPipeline) -> None:
+    """Captions of held-out scenes, read back by the caption parser (the shapes checker's reader)."""
+    scenes = datasets.load("shapes", "test", size=32)
+    right = 0
+    for scene in (scenes[i] for i in range(8)):
+        for lang in ("zh", "en"):
+            parsed = shapes.parse_caption(pipe.caption(scene.image, language=lang)[0], lang)
+            right += parsed is not None and all(parsed[k] == scene.attributes[k] for k in parsed)
+    assert right >= 15, f"{right} of 16 captions name the scene (measured: 16)"
+
+
+def test_shipped_upscaling_of_test_scenes(pipe: CogViewPipeline) -> None:
+    low, high = datasets.load("shapes", "test", size=32), datasets.load("shapes", "test", size=64)
+    psnrs = []
+    for i in range(4):
+        big = pipe.upscale(low[i].image, seed=0)
+        assert big.size == (64, 64)
+        truth = np.asarray(high[i].image, dtype=np.float64) / 255
+        mse = np.mean((np.asarray(big, dtype=np.float64) / 255 - truth) ** 2)
+        psnrs.append(10 * np.log10(1 / mse))
+    # measured 39.2, 35.9, 40.9 and more on these scenes; plain background would be ~16 dB
+    assert np.mean(psnrs) > 36, psnrs

@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
+from required import skip_or_fail
 
-pytest.importorskip("fastapi", reason="the [server] extra is not installed")
 try:
     from fastapi.testclient import TestClient
-except RuntimeError as e:  # Starlette's TestClient without its HTTP client (httpx2)
-    pytest.skip(f"FastAPI's TestClient cannot run: {e}", allow_module_level=True)
+except (ImportError, RuntimeError) as e:  # no [server] extra, or Starlette's TestClient without httpx2
+    skip_or_fail(f"FastAPI's TestClient cannot run: {e}", module=True)
 from server_helpers import decode_png, png_b64  # noqa: E402
 
 from cogview.cli import main  # noqa: E402

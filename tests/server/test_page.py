@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from required import CI
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
-REQUIRED = os.environ.get("COGVIEW_REQUIRE_BROWSER") == "1"
+REQUIRED = os.environ.get("COGVIEW_REQUIRE_BROWSER") == "1" or CI
 PROMPT = "蓝色背景上左边有一个红色圆形"  # "a red circle on the left, on a blue background"
 
 if not REQUIRED:  # when required, a missing package is an import error, not a skip

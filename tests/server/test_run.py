@@ -16,9 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from required import skip_or_fail
 
-pytest.importorskip("fastapi", reason="the [server] extra is not installed")
-pytest.importorskip("uvicorn", reason="the [server] extra is not installed")
+try:
+    import fastapi  # noqa: F401
+    import uvicorn  # noqa: F401
+except ImportError as e:
+    skip_or_fail(f"the [server] extra is not installed: {e}", module=True)
 
 from server_helpers import decode_png, live_server  # noqa: E402
 

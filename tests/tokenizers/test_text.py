@@ -218,9 +218,13 @@ def test_shipped_default_is_compact_on_bundled_captions(shipped: TextTokenizer) 
 
 
 def test_shipped_default_is_reproducible(shipped: TextTokenizer, tmp_path: Path) -> None:
+    # The dev extra pins sentencepiece to the version the shipped tokenizer was trained with:
+    # another version may split the same captions differently, which this test must catch.
     recorded = shipped.training.get("sentencepiece_version")
-    if recorded != spm.__version__:
-        pytest.skip(f"shipped model was trained with sentencepiece {recorded}, this is {spm.__version__}")
+    assert recorded == spm.__version__, (
+        f"the shipped tokenizer was trained with sentencepiece {recorded}, this is {spm.__version__}: "
+        f'install the pinned version (pip install -e ".[dev]")'
+    )
     retrained = train_default(tmp_path)
     assert retrained.fingerprint == shipped.fingerprint, (
         "the bundled captions or training settings changed: retrain the shipped tokenizer with the "
