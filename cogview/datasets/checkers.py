@@ -7,6 +7,7 @@ nearest other palette colour; shape = the ideal circle / square / upward triangl
 area and centroid with the highest IoU; position = nearest anchor to the shape's box centre.
 Digits: HOG-like orientation histograms plus pixels, RBF SVM, trained on the train split with
 shift and blur augmentation (`DigitClassifier.fit_default()`, deterministic, a few seconds).
+Emoji: nearest OpenMoji reference render, `EmojiChecker.build()` (in `emoji_checker`, re-exported).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from cogview.datasets.emoji_checker import EmojiChecker as EmojiChecker  # re-export
 from cogview.datasets.shapes import ANCHORS, PALETTE, UNIT
 
 logger = logging.getLogger(__name__)
