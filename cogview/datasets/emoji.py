@@ -271,23 +271,33 @@ def parse_caption(text: str, lang: str) -> str | None:
 
 
 class EmojiDataset(ExampleSequence):
-    """One split of the emoji, rendered lazily at `size`; `seed` only varies the caption templates."""
+    """One split of the emoji, rendered lazily at `size`; `seed` only varies the caption templates.
 
-    def __init__(self, split: str, size: int = 32, seed: int = 0) -> None:
+    With `all_templates=True` every emoji appears once per template (example ``i`` is emoji
+    ``i // T`` with template ``i % T``), so training sees each name bare and in every phrasing:
+    the canonical prompt is the bare name, which one template in T would otherwise miss.
+    """
+
+    def __init__(self, split: str, size: int = 32, seed: int = 0, all_templates: bool = False) -> None:
         check_split(split)
         self.split = split
         self.size = check_size(size)
         self.seed = seed
         self.items = tuple(info for info in emoji_table() if emoji_split(info) == split)
+        self.per_emoji = len(ZH_TEMPLATES) if all_templates else 1
 
     def __len__(self) -> int:
-        return len(self.items)
+        return len(self.items) * self.per_emoji
 
     def _example(self, index: int) -> Example:
-        info = self.items[index]
-        pick = stable_int("cogview-emoji-caption", self.seed, info.emoji)
-        zh = caption(info.emoji, "zh", pick % len(ZH_TEMPLATES))
-        en = caption(info.emoji, "en", (pick // len(ZH_TEMPLATES)) % len(EN_TEMPLATES))
+        info = self.items[index // self.per_emoji]
+        if self.per_emoji > 1:
+            zh = caption(info.emoji, "zh", index % self.per_emoji)
+            en = caption(info.emoji, "en", index % self.per_emoji)
+        else:
+            pick = stable_int("cogview-emoji-caption", self.seed, info.emoji)
+            zh = caption(info.emoji, "zh", pick % len(ZH_TEMPLATES))
+            en = caption(info.emoji, "en", (pick // len(ZH_TEMPLATES)) % len(EN_TEMPLATES))
         return Example(
             image=render_emoji(info.emoji, self.size),
             caption_zh=zh,
@@ -296,6 +306,6 @@ class EmojiDataset(ExampleSequence):
         )
 
 
-def load(split: str, size: int = 32, seed: int = 0) -> EmojiDataset:
+def load(split: str, size: int = 32, seed: int = 0, all_templates: bool = False) -> EmojiDataset:
     """The emoji split `split` ("train": all but a quarter of the skin-tone variants, "test": those)."""
-    return EmojiDataset(split, size=size, seed=seed)
+    return EmojiDataset(split, size=size, seed=seed, all_templates=all_templates)

@@ -161,3 +161,16 @@ def test_import_cogview_needs_neither_package() -> None:
     )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
+
+
+def test_all_templates_gives_every_emoji_every_phrasing() -> None:
+    from cogview.datasets import emoji as emoji_data
+
+    plain = emoji_data.load("train")
+    every = emoji_data.load("train", all_templates=True)
+    per = len(emoji_data.ZH_TEMPLATES)
+    assert len(every) == per * len(plain)
+    first = [every[i] for i in range(per)]
+    assert {ex.attributes["emoji"] for ex in first} == {plain[0].attributes["emoji"]}
+    assert first[0].caption_zh == emoji_data.canonical_caption(plain[0].attributes["emoji"], "zh")
+    assert len({ex.caption_en for ex in first}) == per
