@@ -33,13 +33,13 @@ from typing import Any
 
 import torch
 
-from cogview.data.prepare import default_vocab
 from cogview.generation.decode import prefill, sample_tokens
 from cogview.generation.sampling import SamplingConfig
 from cogview.model import PRESETS, CogViewTransformer
 from cogview.pipeline import CogViewPipeline, default_model_path
 from cogview.tokenizers.image import ImageTokenizer
 from cogview.tokenizers.text import TextTokenizer
+from cogview.tokenizers.vocab import default_vocab
 from cogview.tokenizers.vqvae import VQVAE, VQVAEConfig
 
 PROMPT = "a red circle on the left"

@@ -81,7 +81,8 @@ def seconds_per_step(run_dir: Path, tokens_per_step: int) -> float:
 def step_size(config: Path, overrides: list[str]) -> tuple[int, float]:
     """Tokens of one optimizer step of the stage, as the loop counts them, and the steps of one
     epoch of its data (after overrides)."""
-    from cogview.cli.common import parse_overrides, read_config_file
+    from cogview.cli.common import parse_overrides
+    from cogview.config_io import read_config_file
     from cogview.data.shards import open_data
     from cogview.training.batches import BatchSource
     from cogview.training.config import TrainConfig, apply_overrides

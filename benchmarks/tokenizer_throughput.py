@@ -81,7 +81,7 @@ def main() -> None:
             "image_size": size,
             "grid": tok.grid_size,
             "codebook": tok.codebook_size,
-            "fingerprint": tok.fingerprint(),
+            "fingerprint": tok.fingerprint,
         },
         "rows": rows,
     }

@@ -2,10 +2,13 @@
 
 Public API: :class:`CogViewPipeline` (text-to-image), :class:`ImageTokenizer` (VQ-VAE), :class:`TextTokenizer` (SentencePiece),
 :class:`Vocabulary`, :class:`CogViewTransformer` / :class:`TransformerConfig`, and the bundled
-data sets in :mod:`cogview.datasets`. Importing has no side effects.
+data sets in :mod:`cogview.datasets`. Importing has no side effects and loads no data sets
+(:mod:`cogview.datasets` is imported on first use).
 """
 
-from cogview import datasets
+import importlib
+from typing import Any
+
 from cogview.model import PRESETS, CogViewTransformer, TransformerConfig
 from cogview.pipeline import CogViewPipeline
 from cogview.tokenizers.image import ImageTokenizer
@@ -24,3 +27,9 @@ __all__ = [
     "Vocabulary",
     "datasets",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "datasets":
+        return importlib.import_module("cogview.datasets")
+    raise AttributeError(f"module 'cogview' has no attribute {name!r}")

@@ -19,10 +19,16 @@ import torch
 SEED_RANGE = (-(2**63), 2**64)
 
 
-def positive_int(name: str, value: Any, *, most: int | None = None, hint: str = "") -> int:
-    """``value`` as an int >= 1 (and <= ``most``); bools, floats and strings are refused."""
+def positive_int(
+    name: str, value: Any, *, most: int | None = None, hint: str = "", type_error: type[Exception] = TypeError
+) -> int:
+    """``value`` as an int >= 1 (and <= ``most``); bools, floats and strings are refused.
+
+    A wrong type raises ``type_error``: config dataclasses and file readers pass ValueError, since
+    a wrong type in a file is a bad value there and their callers report ValueErrors.
+    """
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be a positive integer, got {value!r} ({type(value).__name__})")
+        raise type_error(f"{name} must be a positive integer, got {value!r} ({type(value).__name__})")
     value = int(value)
     if value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value}")

@@ -13,10 +13,12 @@ has three, see docs/default_model.md). The pipeline only composes; each job
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.resources
 import logging
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +26,7 @@ import torch
 from PIL import Image
 
 from cogview.checks import check_device, positive_int, prompt_strings
-from cogview.data.prepare import DEFAULT_SR_WINDOW, LAYOUT_OVERHEAD, default_vocab
+from cogview.data.sequences import DEFAULT_SR_WINDOW, LAYOUT_OVERHEAD, TASKS
 from cogview.generation.captioning import Captioner
 from cogview.generation.reranking import rerank
 from cogview.generation.sampling import SamplingConfig
@@ -38,10 +40,10 @@ from cogview.generation.text_to_image import (
     sampling_to_dict,
 )
 from cogview.model import CogViewTransformer
-from cogview.serialization import CONFIG_NAME, CheckpointError, read_json, write_json
+from cogview.serialization import CONFIG_NAME, MODEL_INFO_NAME, CheckpointError, read_json, write_json
 from cogview.tokenizers.image import ImageTokenizer
 from cogview.tokenizers.text import TextTokenizer
-from cogview.tokenizers.vocab import Vocabulary
+from cogview.tokenizers.vocab import Vocabulary, default_vocab
 
 logger = logging.getLogger(__name__)
 
@@ -55,19 +57,12 @@ PIPELINE_NAME = "pipeline.json"
 PIPELINE_FORMAT = "cogview.pipeline"
 PIPELINE_VERSION = 1
 TEXT_TOKENIZER_DIR, IMAGE_TOKENIZER_DIR, TRANSFORMER_DIR = "text_tokenizer", "image_tokenizer", "transformer"
-# Written by the training loop next to the transformer weights (cogview.training.loop).
-TRAINING_INFO_NAME = "cogview.json"
-JOBS = ("text_to_image", "image_to_text", "super_resolution")
+# Each job is served by a model trained on the task of the same name (cogview.json "tasks").
+JOBS = TASKS
 # Folder of each job's transformer when jobs have their own models.
 JOB_FOLDERS = {
     "text_to_image": TRANSFORMER_DIR,
     "image_to_text": "caption",
-    "super_resolution": "super_resolution",
-}
-# The training task whose rows teach each job (cogview.json "tasks").
-JOB_TASKS = {
-    "text_to_image": "text_to_image",
-    "image_to_text": "image_to_text",
     "super_resolution": "super_resolution",
 }
 
@@ -75,6 +70,87 @@ JOB_TASKS = {
 def default_model_path() -> Path:
     """Where the shipped default model folder lives (``cogview/assets/default``)."""
     return Path(str(importlib.resources.files("cogview").joinpath("assets", "default")))
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """The ``pipeline.json`` schema: what ties a model folder's components together.
+
+    Attributes:
+        vocab: the unified vocabulary of the tokenizers and transformers.
+        text_fingerprint, image_fingerprint: the tokenizers the transformers were trained with.
+        jobs: job -> folder of its transformer (see :data:`JOB_FOLDERS`).
+        text_budget: the most prompt tokens (None: what fits the text-to-image model).
+        sampling: text-to-image sampling defaults per prompt kind (``"default"``, ``"zh"``, ...).
+        job_sampling: the other jobs' sampling defaults (absent: the job's own).
+        sr_window: low-res codes per super-resolution window side (written with that job).
+        candidates: post-selection default (written when both text-to-image and captioning are served).
+    """
+
+    vocab: Vocabulary
+    text_fingerprint: str
+    image_fingerprint: str
+    jobs: Mapping[str, str]
+    text_budget: int | None = None
+    sampling: Mapping[str, SamplingConfig] = dataclasses.field(default_factory=lambda: dict(DEFAULT_SAMPLING))
+    job_sampling: Mapping[str, SamplingConfig] = dataclasses.field(default_factory=dict)
+    sr_window: int = DEFAULT_SR_WINDOW
+    candidates: int = 1
+
+    def to_dict(self) -> dict[str, Any]:
+        """The contents of ``pipeline.json``; settings of jobs not served are left out."""
+        sampling = {"text_to_image": sampling_to_dict(self.sampling)} if "text_to_image" in self.jobs else {}
+        sampling.update({job: s.to_dict() for job, s in self.job_sampling.items() if job in self.jobs})
+        out = {
+            "format": PIPELINE_FORMAT,
+            "version": PIPELINE_VERSION,
+            "vocab": self.vocab.to_dict(),
+            "text_tokenizer": {"fingerprint": self.text_fingerprint},
+            "image_tokenizer": {"fingerprint": self.image_fingerprint},
+            "text_budget": self.text_budget,
+            "jobs": dict(self.jobs),
+            "sampling": sampling,
+        }
+        if "super_resolution" in self.jobs:
+            out["super_resolution"] = {"window": self.sr_window}
+        if "image_to_text" in self.jobs and "text_to_image" in self.jobs:
+            out["post_selection"] = {"candidates": self.candidates}
+        return out
+
+    @classmethod
+    def from_dict(cls, meta: Mapping[str, Any], folder: Path) -> PipelineConfig:
+        """Read the ``pipeline.json`` of the model folder ``folder``; anything missing, of another
+        format or invalid raises :class:`~cogview.serialization.CheckpointError` naming the file."""
+        path = folder / PIPELINE_NAME
+        if meta.get("format") != PIPELINE_FORMAT:
+            raise CheckpointError(f"{path} has format {meta.get('format')!r}, expected {PIPELINE_FORMAT!r}")
+        if meta.get("version") != PIPELINE_VERSION:
+            raise CheckpointError(
+                f"{path} has version {meta.get('version')!r}; this cogview reads "
+                f"version {PIPELINE_VERSION}: upgrade cogview or re-save the model"
+            )
+        try:
+            vocab = Vocabulary.from_dict(meta["vocab"])
+            all_sampling = meta.get("sampling", {})
+            sampling = sampling_from_dict(
+                all_sampling.get("text_to_image", sampling_to_dict(DEFAULT_SAMPLING))
+            )
+            job_sampling = {
+                job: SamplingConfig.from_dict(all_sampling[job])
+                for job in ("image_to_text", "super_resolution")
+                if job in all_sampling
+            }
+            text_budget = meta.get("text_budget")
+            jobs = _job_dirs(meta.get("jobs", ["text_to_image"]), folder)
+            sr_window = positive_int(
+                "super_resolution.window", meta.get("super_resolution", {}).get("window", DEFAULT_SR_WINDOW)
+            )
+            candidates = _check_candidates(meta.get("post_selection", {}).get("candidates", 1))
+            text_fp = meta["text_tokenizer"]["fingerprint"]
+            image_fp = meta["image_tokenizer"]["fingerprint"]
+        except (KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(f"{path} is incomplete or invalid: {e!r}") from e
+        return cls(vocab, text_fp, image_fp, jobs, text_budget, sampling, job_sampling, sr_window, candidates)
 
 
 class CogViewPipeline:
@@ -176,22 +252,21 @@ class CogViewPipeline:
         self,
         prompt: str | Sequence[str],
         num_images: int = 1,
+        *,
         seed: int | None = None,
-        temperature: float | None = None,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        guidance_scale: float | None = None,
+        sampling: SamplingConfig | None = None,
+        candidates: int | None = None,
         max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
         dtype: torch.dtype | str | None = None,
-        *,
-        min_p: float | None = None,
-        candidates: int | None = None,
         generator: torch.Generator | None = None,
         progress: bool = False,
+        **overrides: Any,
     ) -> list[Image.Image]:
         """``num_images`` images per prompt (Chinese or English), in prompt order.
 
-        Settings left None take the model's defaults for the prompt's kind (``pipeline.json``).
+        Sampling: ``sampling`` for every prompt, else the model's defaults for the prompt's kind
+        (``pipeline.json``), with the keyword ``overrides`` ``temperature``, ``top_k``, ``top_p``,
+        ``guidance_scale`` and ``min_p`` applied where not None.
         The same prompt, seed and settings give the same images; ``seed=None`` draws one from
         ``generator`` if given, else at random (use :meth:`TextToImage.run` to get it back).
         ``candidates=N`` draws N images per requested one and keeps the one whose caption
@@ -202,16 +277,13 @@ class CogViewPipeline:
             prompt,
             num_images,
             seed=seed,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            guidance_scale=guidance_scale,
-            min_p=min_p,
+            sampling=sampling,
+            candidates=candidates,
             max_batch_size=max_batch_size,
             dtype=dtype,
-            candidates=candidates,
             generator=generator,
             progress=progress,
+            **overrides,
         )
         return [im for r in results for im in r.images]
 
@@ -300,30 +372,25 @@ class CogViewPipeline:
             folders[job] = by_model.setdefault(id(model), JOB_FOLDERS[job])
         return folders
 
+    def pipeline_config(self) -> PipelineConfig:
+        """What ``pipeline.json`` records of this pipeline (the jobs' settings as built)."""
+        t2i = self.text_to_image
+        jobs = (("image_to_text", self.captioner), ("super_resolution", self.super_resolution))
+        return PipelineConfig(
+            vocab=self.vocab,
+            text_fingerprint=self.text_tokenizer.fingerprint,
+            image_fingerprint=self.image_tokenizer.fingerprint,
+            jobs=self.job_folders(),
+            text_budget=None if t2i is None else t2i.text_budget,
+            sampling=DEFAULT_SAMPLING if t2i is None else t2i.sampling,
+            job_sampling={job: built.sampling for job, built in jobs if built is not None},
+            sr_window=self.sr_window,
+            candidates=self.candidates,
+        )
+
     def config(self) -> dict[str, Any]:
         """The contents of ``pipeline.json``."""
-        sampling: dict[str, Any] = {}
-        if self.text_to_image is not None:
-            sampling["text_to_image"] = sampling_to_dict(self.text_to_image.sampling)
-        if self.captioner is not None:
-            sampling["image_to_text"] = self.captioner.sampling.to_dict()
-        if self.super_resolution is not None:
-            sampling["super_resolution"] = self.super_resolution.sampling.to_dict()
-        out = {
-            "format": PIPELINE_FORMAT,
-            "version": PIPELINE_VERSION,
-            "vocab": self.vocab.to_dict(),
-            "text_tokenizer": {"fingerprint": self.text_tokenizer.fingerprint},
-            "image_tokenizer": {"fingerprint": self.image_tokenizer.fingerprint()},
-            "text_budget": self.text_to_image.text_budget if self.text_to_image is not None else None,
-            "jobs": self.job_folders(),
-            "sampling": sampling,
-        }
-        if self.super_resolution is not None:
-            out["super_resolution"] = {"window": self.sr_window}
-        if self.captioner is not None and self.text_to_image is not None:
-            out["post_selection"] = {"candidates": self.candidates}
-        return out
+        return self.pipeline_config().to_dict()
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
         """Write ``text_tokenizer/``, ``image_tokenizer/``, one folder per distinct transformer and
@@ -368,43 +435,15 @@ class CogViewPipeline:
                 f"{folder} is not a CogView model folder: it has no {PIPELINE_NAME}. A training run's "
                 "model/ folder is assembled into one with CogViewPipeline.from_components(...).save_pretrained(...)"
             )
-        meta = read_json(folder / PIPELINE_NAME)
-        if meta.get("format") != PIPELINE_FORMAT:
-            raise CheckpointError(
-                f"{folder / PIPELINE_NAME} has format {meta.get('format')!r}, expected {PIPELINE_FORMAT!r}"
-            )
-        if meta.get("version") != PIPELINE_VERSION:
-            raise CheckpointError(
-                f"{folder / PIPELINE_NAME} has version {meta.get('version')!r}; this cogview reads "
-                f"version {PIPELINE_VERSION}: upgrade cogview or re-save the model"
-            )
-        try:
-            vocab = Vocabulary.from_dict(meta["vocab"])
-            all_sampling = meta.get("sampling", {})
-            sampling = sampling_from_dict(all_sampling.get("text_to_image", _default_sampling()))
-            job_sampling = {
-                job: SamplingConfig.from_dict(all_sampling[job])
-                for job in ("image_to_text", "super_resolution")
-                if job in all_sampling
-            }
-            text_budget = meta.get("text_budget")
-            job_dirs = _job_dirs(meta.get("jobs", ["text_to_image"]), folder)
-            sr_window = positive_int(
-                "super_resolution.window", meta.get("super_resolution", {}).get("window", DEFAULT_SR_WINDOW)
-            )
-            candidates = _check_candidates(meta.get("post_selection", {}).get("candidates", 1))
-            text_fp = meta["text_tokenizer"]["fingerprint"]
-            image_fp = meta["image_tokenizer"]["fingerprint"]
-        except (KeyError, TypeError, ValueError) as e:
-            raise CheckpointError(f"{folder / PIPELINE_NAME} is incomplete or invalid: {e!r}") from e
+        config = PipelineConfig.from_dict(read_json(folder / PIPELINE_NAME), folder)
         text_tokenizer = _load(TextTokenizer.from_pretrained, folder / TEXT_TOKENIZER_DIR, "text tokenizer")
         image_tokenizer = _load(
             ImageTokenizer.from_pretrained, folder / IMAGE_TOKENIZER_DIR, "image tokenizer"
         )
-        _check_fingerprint("text tokenizer", text_tokenizer.fingerprint, text_fp, folder)
-        _check_fingerprint("image tokenizer", image_tokenizer.fingerprint(), image_fp, folder)
+        _check_fingerprint("text tokenizer", text_tokenizer.fingerprint, config.text_fingerprint, folder)
+        _check_fingerprint("image tokenizer", image_tokenizer.fingerprint, config.image_fingerprint, folder)
         loaded: dict[str, CogViewTransformer] = {}
-        for name in dict.fromkeys(job_dirs.values()):
+        for name in dict.fromkeys(config.jobs.values()):
             loaded[name] = _load(
                 lambda p: CogViewTransformer.from_pretrained(p, dtype=dtype), folder / name, "transformer"
             )
@@ -412,14 +451,14 @@ class CogViewPipeline:
             None,
             text_tokenizer,
             image_tokenizer,
-            vocab,
-            text_budget=text_budget,
-            sampling=sampling,
-            jobs=tuple(job_dirs),
-            job_models={job: loaded[name] for job, name in job_dirs.items()},
-            job_sampling=job_sampling,
-            sr_window=sr_window,
-            candidates=candidates,
+            config.vocab,
+            text_budget=config.text_budget,
+            sampling=config.sampling,
+            jobs=tuple(config.jobs),
+            job_models={job: loaded[name] for job, name in config.jobs.items()},
+            job_sampling=config.job_sampling,
+            sr_window=config.sr_window,
+            candidates=config.candidates,
         )
         return pipe if device is None else pipe.to(device)
 
@@ -447,7 +486,7 @@ class CogViewPipeline:
         written by training (``RUN/model/``) carries ``cogview.json``: its vocabulary and tokenizer
         fingerprints are checked against the tokenizers, its training tasks name the jobs it serves
         (when not given by a mapping), and its sequence length gives the text budget. Without it,
-        the vocabulary defaults to :func:`~cogview.data.prepare.default_vocab` of the two tokenizers.
+        the vocabulary defaults to :func:`~cogview.tokenizers.vocab.default_vocab` of the two tokenizers.
         """
         if not isinstance(text_tokenizer, TextTokenizer):
             text_tokenizer = _load(TextTokenizer.from_pretrained, text_tokenizer, "text tokenizer")
@@ -459,8 +498,8 @@ class CogViewPipeline:
             info: dict[str, Any] = {}
             if not isinstance(source, CogViewTransformer):
                 folder = Path(source)
-                if (folder / TRAINING_INFO_NAME).is_file():
-                    info = read_json(folder / TRAINING_INFO_NAME)
+                if (folder / MODEL_INFO_NAME).is_file():
+                    info = read_json(folder / MODEL_INFO_NAME)
                 source = _load(CogViewTransformer.from_pretrained, folder, "transformer")
             jobs = [job] if job is not None else _jobs_of(info.get("tasks"))
             for j in jobs:
@@ -494,12 +533,8 @@ class CogViewPipeline:
 
 def _jobs_of(tasks: Sequence[str] | None) -> list[str]:
     """The jobs a model trained on ``tasks`` serves (text-to-image when unknown)."""
-    jobs = [job for job, task in JOB_TASKS.items() if tasks and task in tasks]
+    jobs = [job for job in JOBS if tasks and job in tasks]
     return jobs or ["text_to_image"]
-
-
-def _default_sampling() -> dict[str, Any]:
-    return sampling_to_dict(DEFAULT_SAMPLING)
 
 
 def _load(load: Any, path: Any, what: str) -> Any:
@@ -523,7 +558,7 @@ def _check_fingerprint(what: str, found: str, expected: str, folder: Path) -> No
 def _check_training_info(info: Mapping[str, Any], text: TextTokenizer, image: ImageTokenizer) -> None:
     for what, found, key in (
         ("text tokenizer", text.fingerprint, "text_tokenizer"),
-        ("image tokenizer", image.fingerprint(), "image_tokenizer"),
+        ("image tokenizer", image.fingerprint, "image_tokenizer"),
     ):
         expected = info.get(key)
         if isinstance(expected, Mapping):

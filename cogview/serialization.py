@@ -23,6 +23,9 @@ from safetensors.torch import load_file, save_file
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+# Written by training next to a transformer's config.json + weights: the vocabulary, tokenizer
+# fingerprints, tasks and sequence length it was trained with (read by CogViewPipeline.from_components).
+MODEL_INFO_NAME = "cogview.json"
 
 
 class CheckpointError(ValueError):

@@ -1,33 +1,21 @@
-"""Helpers shared by the subcommand modules: config files and ``--set key=value`` overrides."""
+"""Helpers shared by the subcommand modules: ``--set key=value`` overrides, output folders and
+the sampling flags."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 
-def read_config_file(path: str | None) -> dict:
-    if not path:
-        return {}
-    p = Path(path)
-    if not p.is_file():
-        raise ValueError(f"config file {p} does not exist")
-    text = p.read_text(encoding="utf-8")
-    if p.suffix in (".yaml", ".yml"):
-        try:
-            import yaml
-        except ImportError as e:
-            raise ValueError("YAML configs need PyYAML: pip install pyyaml (or use a .json config)") from e
-        data = yaml.safe_load(text)
-    else:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{p} is not valid JSON: {e}") from e
-    if not isinstance(data, dict):
-        raise ValueError(f"{p} must hold a mapping of config keys to values")
-    return data
+def sampling_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The sampling flags a subcommand has (``--temperature``, ``--top-k``, ...) as per-field
+    overrides of the model's defaults; a flag left out is None, which keeps the default."""
+    from cogview.generation.sampling import SAMPLING_FIELDS  # torch: only once a command runs
+
+    return {name: getattr(args, name) for name in SAMPLING_FIELDS if hasattr(args, name)}
 
 
 def output_folder(path: str | os.PathLike) -> Path:

@@ -32,9 +32,9 @@ def _config(value: str, presets: dict[str, Any], cls: Any, what: str) -> Any:
     path = Path(value)
     if not path.is_file():
         raise ValueError(f"{what} {value!r} is neither a preset ({', '.join(presets)}) nor a JSON file")
-    from cogview.serialization import read_json
+    from cogview.config_io import read_config_file
 
-    data = read_json(path)
+    data = read_config_file(value)
     data.pop("model_type", None)  # written by ImageTokenizer.save_pretrained
     return cls.from_dict(data)
 
@@ -60,7 +60,8 @@ def cmd_convert_original(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from cogview.convert.folder import CONVERT_JOBS, DTYPES
+    from cogview.convert.folder import DTYPES
+    from cogview.pipeline import JOBS
 
     p = sub.add_parser(
         "convert-original",
@@ -97,7 +98,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--job",
-        choices=CONVERT_JOBS,
+        choices=JOBS,
         default="text_to_image",
         help="the job the weights serve, recorded in pipeline.json: text_to_image (cogview-base, the "
         "default), image_to_text (cogview-caption), super_resolution (cogview-sr)",

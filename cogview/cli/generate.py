@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from cogview.checks import positive_int
-from cogview.cli.common import output_folder
+from cogview.cli.common import output_folder, sampling_overrides
 from cogview.images import make_grid
 
 MAX_GRID_SCALE = 32  # a grid of 16 images of 32 px at 32x is already 16k pixels wide
@@ -59,14 +59,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
         args.num_images,
         candidates=args.candidates,
         seed=seed,
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        guidance_scale=args.guidance_scale,
-        min_p=args.min_p,
         max_batch_size=args.max_batch_size,
         dtype=args.dtype,
         progress=not args.no_progress,
+        **sampling_overrides(args),
     )
     records: list[dict[str, Any]] = []
     for k, result in enumerate(results):

@@ -10,7 +10,7 @@ from pathlib import Path
 from PIL import Image
 
 from cogview.checks import positive_int
-from cogview.cli.common import output_folder
+from cogview.cli.common import output_folder, sampling_overrides
 from cogview.images import open_image
 
 
@@ -38,10 +38,8 @@ def cmd_caption(args: argparse.Namespace) -> int:
         args.language,
         args.num_captions,
         seed=args.seed,
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
         max_batch_size=args.max_batch_size,
+        **sampling_overrides(args),
     )
     n = args.num_captions
     records = [
@@ -83,10 +81,9 @@ def cmd_upscale(args: argparse.Namespace) -> int:
         images,
         args.prompt,
         seed=args.seed,
-        temperature=args.temperature,
-        top_k=args.top_k,
         max_batch_size=args.max_batch_size,
         progress=not args.no_progress,
+        **sampling_overrides(args),
     )
     for path, im in zip(args.images, upscaled, strict=True):
         target = out / f"{Path(path).stem}_x2.png"

@@ -6,7 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
-from cogview.cli.common import parse_overrides, read_config_file
+from cogview.cli.common import parse_overrides
+from cogview.config_io import read_config_file
 
 
 def cmd_train_tokenizer(args: argparse.Namespace) -> int:

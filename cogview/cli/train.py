@@ -7,7 +7,8 @@ import json
 import logging
 import sys
 
-from cogview.cli.common import parse_overrides, read_config_file
+from cogview.cli.common import parse_overrides
+from cogview.config_io import read_config_file
 from cogview.training.config import STRATEGIES
 
 

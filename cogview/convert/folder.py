@@ -38,8 +38,6 @@ from cogview.tokenizers.vqvae import VQVAEConfig, original_config
 logger = logging.getLogger(__name__)
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-# The three released checkpoints: cogview-base, cogview-caption, cogview-sr (SPEC 0, 3.7).
-CONVERT_JOBS = ("text_to_image", "image_to_text", "super_resolution")
 # The released magnify conditions on 16x16 crops of the 32x32 low-res code grid (SPEC 3.4).
 ORIGINAL_SR_WINDOW = 16
 # The original scripts' sampling: top-k 200, top-p 0, temperature 1.0, no guidance (SPEC 3.1, 3.7).
@@ -67,7 +65,8 @@ def convert_original(
         text_tokenizer: ``cog-pretrain.model`` (or a text tokenizer folder).
         out: a new (or empty) folder.
         dtype: ``bf16``, ``fp16`` (the release's own precision, bit-exact) or ``fp32``.
-        job: the job these weights serve, recorded in ``pipeline.json``.
+        job: the job these weights serve, recorded in ``pipeline.json``: one of :data:`JOBS`, as the
+            three released checkpoints (cogview-base, cogview-caption, cogview-sr; SPEC 0, 3.7).
         config, vqvae_config: the architectures the files must match exactly (defaults: the 4B
             preset and the original VQ-VAE).
 
@@ -81,13 +80,8 @@ def convert_original(
         raise ValueError(f"{out} already exists and is not an empty folder; choose a new --out or remove it")
     if dtype not in DTYPES:
         raise ValueError(f"dtype {dtype!r} is not one of {sorted(DTYPES)}")
-    if job not in CONVERT_JOBS:
-        raise ValueError(f"job {job!r} is not one of {list(CONVERT_JOBS)}")
     if job not in JOBS:
-        raise ValueError(
-            f"job {job!r} is not served by this version's CogViewPipeline (it serves {list(JOBS)}); "
-            "convert with --job text_to_image, or update cogview"
-        )
+        raise ValueError(f"job {job!r} is not one of {list(JOBS)}")
     vqvae_config = vqvae_config or original_config()
     file, tag = resolve_checkpoint(checkpoint)
 

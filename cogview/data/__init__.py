@@ -2,12 +2,15 @@
 
 `sequences` builds each task's token layout (SPEC 2.4) and recomputes positions/masks from stored
 rows; `shards` writes and memory-maps token rows with a manifest that pins the tokenizers;
-`prepare` turns an image-caption dataset into shards once, resumably.
+`prepare` turns an image-caption dataset into shards once, resumably. Inference needs only the
+layouts, so `shards` and `prepare` (which loads every dataset) are imported on first use.
 """
 
 from __future__ import annotations
 
-from cogview.data.prepare import default_vocab, prepare, sequence_length
+import importlib
+from typing import Any
+
 from cogview.data.sequences import (
     TokenSequence,
     drop_caption,
@@ -19,7 +22,27 @@ from cogview.data.sequences import (
     text_to_image,
     text_token_mask,
 )
-from cogview.data.shards import ShardWriter, TokenShards, token_dtype
+from cogview.tokenizers.vocab import default_vocab
+
+# Name -> the module that defines it, imported when the name is first used.
+_LAZY = {
+    "ShardWriter": "cogview.data.shards",
+    "TokenShards": "cogview.data.shards",
+    "token_dtype": "cogview.data.shards",
+    "prepare": "cogview.data.prepare",
+    "sequence_length": "cogview.data.prepare",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'cogview.data' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+    # Importing cogview.data.prepare binds the submodule to this package's `prepare`; the
+    # function is what this name has always meant here.
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "ShardWriter",

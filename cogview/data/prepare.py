@@ -23,11 +23,14 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from cogview import datasets
+from cogview.checks import positive_int
 from cogview.data import sequences, windows
+from cogview.data.sequences import DEFAULT_SR_WINDOW, LAYOUT_OVERHEAD, TASKS
 from cogview.data.shards import (
     FORMAT,
     FORMAT_VERSION,
     MANIFEST_NAME,
+    PROGRESS_NAME,
     ShardWriter,
     token_dtype,
     write_manifest,
@@ -36,28 +39,20 @@ from cogview.datasets.base import Example, check_lang, stable_int
 from cogview.serialization import read_json, write_json
 from cogview.tokenizers.image import ImageTokenizer
 from cogview.tokenizers.text import TextTokenizer
-from cogview.tokenizers.vocab import Vocabulary
+from cogview.tokenizers.vocab import Vocabulary, default_vocab
 
 logger = logging.getLogger(__name__)
 
-PROGRESS_NAME = "progress.json"
-PREPARE_TASKS = ("text_to_image", "image_to_text", "super_resolution")
-# Special tokens each layout adds around its text and image codes (see cogview.data.sequences).
-LAYOUT_OVERHEAD = {"text_to_image": 4, "image_to_text": 5, "super_resolution": 8}
+# DEFAULT_SR_WINDOW and LAYOUT_OVERHEAD live with the layouts (data.sequences), default_vocab with
+# the vocabulary (tokenizers.vocab), so inference needs no prepare; they stay importable from here.
 LAYOUTS = {
     "text_to_image": "[ROI1] text [BASE] [BOI1] codes [EOI1] [PAD]...",
     "image_to_text": "[BASE] [BOI1] codes [EOI1] [ROI1] text [EOT] [PAD]...",
     "super_resolution": "[ROI1] text [BASE] [BOI1] low window [EOI1] [ROI2] [POS0] [BASE] [BOI2] 2x window [PAD]...",
 }
-DEFAULT_SR_WINDOW = 8  # low-res codes per window side (16 px of a 32 px image)
 _MAX_LISTED_SKIPS = 100
 _LOAD_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 _ENCODE_ERRORS = (OSError, ValueError, RuntimeError)
-
-
-def default_vocab(image_tokenizer: ImageTokenizer, text_tokenizer: TextTokenizer) -> Vocabulary:
-    """The unified vocabulary of two tokenizers (default extra tokens and padding); prepare and train share it."""
-    return Vocabulary(image_size=image_tokenizer.codebook_size, text_size=text_tokenizer.vocab_size)
 
 
 def sequence_length(
@@ -75,10 +70,10 @@ def sequence_length(
 def _check_tasks(tasks: Sequence[str]) -> tuple[str, ...]:
     tasks = tuple(tasks)
     if not tasks:
-        raise ValueError(f"give at least one task among {PREPARE_TASKS}")
+        raise ValueError(f"give at least one task among {TASKS}")
     for task in tasks:
-        if task not in PREPARE_TASKS:
-            raise ValueError(f"unknown task {task!r}; use tasks among {PREPARE_TASKS}")
+        if task not in TASKS:
+            raise ValueError(f"unknown task {task!r}; use tasks among {TASKS}")
     if len(set(tasks)) != len(tasks):
         raise ValueError(f"tasks must not repeat, got {tasks}")
     return tasks
@@ -272,8 +267,7 @@ def prepare(
         ("batch_size", batch_size),
         ("examples_per_shard", examples_per_shard),
     ):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
+        positive_int(name, value, type_error=ValueError)
     if max_examples is not None and (not isinstance(max_examples, int) or max_examples < 0):
         raise ValueError(f"max_examples must be a non-negative int or None, got {max_examples!r}")
     vocab = vocab if vocab is not None else default_vocab(image_tokenizer, text_tokenizer)
@@ -289,7 +283,7 @@ def prepare(
         )
     seq_len = sequence_length(tasks, text_budget, image_tokenizer.grid_size, sr_window)
     dtype = token_dtype(vocab)
-    text_fp, image_fp = text_tokenizer.fingerprint, image_tokenizer.fingerprint()
+    text_fp, image_fp = text_tokenizer.fingerprint, image_tokenizer.fingerprint
     settings = {
         "dataset": _dataset_id(dataset),
         "split": split,

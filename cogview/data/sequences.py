@@ -18,8 +18,12 @@ from cogview.tokenizers.vocab import Vocabulary
 
 ROI2_RULES = ("inference", "training")
 
-# Task layouts a shard row can hold; `prepare` emits the first two today.
+# The one list of tasks: the layouts a shard row can hold (prepare), the tasks a model is trained
+# on (cogview.json) and the jobs a pipeline serves (pipeline.json) share these names.
 TASKS = ("text_to_image", "image_to_text", "super_resolution")
+# Special tokens each layout adds around its text and image codes (see the builders below).
+LAYOUT_OVERHEAD = {"text_to_image": 4, "image_to_text": 5, "super_resolution": 8}
+DEFAULT_SR_WINDOW = 8  # low-res codes per super-resolution window side (16 px of a 32 px image)
 
 
 class TokenSequence(NamedTuple):

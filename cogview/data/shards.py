@@ -26,6 +26,7 @@ logger = logging.getLogger(__name__)
 FORMAT = "cogview-token-shards"
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
+PROGRESS_NAME = "progress.json"  # written by prepare while it runs; replaced by the manifest at the end
 DTYPES = ("uint16", "int32")
 # Keys TokenShards needs; prepare adds provenance (sources, counts, settings) beside them.
 REQUIRED_KEYS = (
@@ -137,7 +138,7 @@ class TokenShards:
     ) -> TokenShards:
         """Open the shard folder ``path``, checking it against the model's tokenizers and vocabulary.
 
-        Each given fingerprint (``TextTokenizer.fingerprint``, ``ImageTokenizer.fingerprint()``)
+        Each given fingerprint (``TextTokenizer.fingerprint``, ``ImageTokenizer.fingerprint``)
         and ``vocab`` must equal the manifest's, and every shard file must exist with exactly the
         recorded size; otherwise a ValueError says what differs and to re-run ``cogview prepare``.
         """
@@ -146,7 +147,7 @@ class TokenShards:
         if not manifest_path.is_file():
             hint = (
                 "prepare did not finish there; continue it with cogview prepare --resume"
-                if (path / "progress.json").is_file()
+                if (path / PROGRESS_NAME).is_file()
                 else "make shards with cogview prepare --dataset NAME --out DIR"
             )
             raise ValueError(f"{path} has no {MANIFEST_NAME}: {hint}")

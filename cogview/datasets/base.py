@@ -12,6 +12,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, overload
 
+import numpy as np
 from PIL import Image
 
 SPLITS = ("train", "test")
@@ -88,3 +89,15 @@ class ExampleSequence(Sequence[Example]):
     def __iter__(self) -> Iterator[Example]:
         for i in range(len(self)):
             yield self._example(i)
+
+
+def image_array(image: Image.Image | np.ndarray, size: int) -> np.ndarray:
+    """What the checkers read: an RGB float32 array (size, size, 3) in 0..255 from a PIL image or a uint8 HxWx3 array."""
+    if isinstance(image, np.ndarray):
+        image = Image.fromarray(np.asarray(image, dtype=np.uint8))
+    if not isinstance(image, Image.Image):
+        raise ValueError(f"expected a PIL image or an HxWx3 uint8 array, got {type(image).__name__}")
+    image = image.convert("RGB")
+    if image.size != (size, size):
+        image = image.resize((size, size), Image.Resampling.BILINEAR)
+    return np.asarray(image, dtype=np.float32)

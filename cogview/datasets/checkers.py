@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from cogview.datasets.base import image_array
 from cogview.datasets.emoji_checker import EmojiChecker as EmojiChecker  # re-export
 from cogview.datasets.shapes import ANCHORS, PALETTE, UNIT
 
@@ -29,18 +30,6 @@ SHAPE_FIELDS = ("colour", "background", "shape", "position")
 WORK_SIZE = 64  # shapes are analysed at this resolution, whatever the input size
 _PALETTE_NAMES = tuple(PALETTE)
 _PALETTE_RGB = np.array([rgb for rgb, _ in PALETTE.values()], dtype=np.float32)  # (P, 3)
-
-
-def _to_array(image: Image.Image | np.ndarray, size: int) -> np.ndarray:
-    """RGB float32 array (size, size, 3) in 0..255 from a PIL image or a uint8 HxWx3 array."""
-    if isinstance(image, np.ndarray):
-        image = Image.fromarray(np.asarray(image, dtype=np.uint8))
-    if not isinstance(image, Image.Image):
-        raise ValueError(f"expected a PIL image or an HxWx3 uint8 array, got {type(image).__name__}")
-    image = image.convert("RGB")
-    if image.size != (size, size):
-        image = image.resize((size, size), Image.Resampling.BILINEAR)
-    return np.asarray(image, dtype=np.float32)
 
 
 def _nearest_palette(rgb: np.ndarray, exclude: int | None = None) -> int:
@@ -80,7 +69,7 @@ def detect_shape_attributes(image: Image.Image | np.ndarray) -> dict[str, Any]:
     Returns names as in `cogview.datasets.shapes` ("red", "circle", "left", ...); a field is None
     when the image holds no foreground at all. Also returns "iou" (the best template fit).
     """
-    px = _to_array(image, WORK_SIZE)  # (W, W, 3)
+    px = image_array(image, WORK_SIZE)  # (W, W, 3)
     n = WORK_SIZE
     border = np.concatenate(
         [px[:2].reshape(-1, 3), px[-2:].reshape(-1, 3), px[:, :2].reshape(-1, 3), px[:, -2:].reshape(-1, 3)]
@@ -144,7 +133,7 @@ _HOG_SIZE, _HOG_CELL, _HOG_BINS = 16, 4, 9
 
 def _ink(images: Sequence[Image.Image | np.ndarray]) -> np.ndarray:
     """Ink maps (N, 32, 32) in [0, 1] (1 = darkest), each stretched between its paper and ink levels."""
-    grey = np.stack([_to_array(im, DIGIT_SIZE).mean(axis=-1) for im in images]) / 255.0  # (N, 32, 32)
+    grey = np.stack([image_array(im, DIGIT_SIZE).mean(axis=-1) for im in images]) / 255.0  # (N, 32, 32)
     ink = 1.0 - grey
     flat = ink.reshape(len(ink), -1)
     lo = np.percentile(flat, 5, axis=1)[:, None, None]

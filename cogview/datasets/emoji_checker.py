@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from cogview.datasets.base import image_array
 from cogview.datasets.emoji import EmojiInfo, emoji_table, render_emoji
 
 WORK_SIZE = 32  # images are compared at this size, whatever their input size
@@ -34,10 +35,7 @@ CHUNK = 64  # images per batch of the shifted pass (bounds memory)
 
 def _ink(images: Sequence[Image.Image | np.ndarray]) -> np.ndarray:
     """Ink (B, 32, 32, 3) float32 in [0, 1], 0 = white, from PIL images or HxWx3 uint8 arrays."""
-    # Imported here, not at the top: checkers re-exports this module's EmojiChecker.
-    from cogview.datasets.checkers import _to_array
-
-    return np.stack([1.0 - _to_array(image, WORK_SIZE) / 255.0 for image in images]).astype(np.float32)
+    return np.stack([1.0 - image_array(image, WORK_SIZE) / 255.0 for image in images]).astype(np.float32)
 
 
 def _blur(ink: np.ndarray, sigma: float) -> np.ndarray:

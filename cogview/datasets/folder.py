@@ -5,10 +5,10 @@
 when the dataset is built, so unreadable, truncated, oversized, missing or non-image files, lines
 that are not UTF-8 and paths that resolve outside the folder (unless `allow_outside=True`) are skipped
 (listed in `.skipped` as (path, reason) and summed up in one logging warning) instead of
-stopping a run later. A caption containing CJK characters goes to `caption_zh` and otherwise
-to `caption_en`; the other language is the empty string (`Example.captions` gives the
-non-empty one). Images are resized so the shorter side is `size`, then centre-cropped to
-`size` x `size` RGB, as in CogView's preprocessing.
+stopping a run later. A caption containing CJK characters (`cogview.language.text_language`)
+goes to `caption_zh` and otherwise to `caption_en`; the other language is the empty string
+(`Example.captions` gives the non-empty one). Images are resized so the shorter side is `size`,
+then centre-cropped to `size` x `size` RGB, as in CogView's preprocessing.
 
 Splits: `<folder>/<split>/captions.*` if that sub-folder exists; otherwise the root captions
 file, with split "all" for every pair, or "train"/"test" chosen by a hash of the image path
@@ -20,22 +20,16 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 from pathlib import Path
 
 from cogview.datasets.base import Example, ExampleSequence, check_size, stable_int
 from cogview.images import open_image, resize_center_crop
+from cogview.language import text_language
 
 logger = logging.getLogger(__name__)
 
 CAPTION_FILES = ("captions.jsonl", "captions.tsv")
 FOLDER_SPLITS = ("train", "test", "all")
-_CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af]")
-
-
-def has_cjk(text: str) -> bool:
-    """Whether `text` contains a Chinese, Japanese or Korean character."""
-    return _CJK.search(text) is not None
 
 
 def _read_pairs(caption_file: Path) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
@@ -150,7 +144,7 @@ class FolderDataset(ExampleSequence):
     def _example(self, index: int) -> Example:
         rel, text = self.items[index]
         image = resize_center_crop(open_image(self.root / rel), self.size)
-        zh, en = (text, "") if has_cjk(text) else ("", text)
+        zh, en = (text, "") if text_language(text) == "zh" else ("", text)
         return Example(image=image, caption_zh=zh, caption_en=en, attributes={"path": rel, "caption": text})
 
 

@@ -21,6 +21,7 @@ import torch
 from PIL import Image
 from scipy import linalg
 
+from cogview.checks import positive_int
 from cogview.tokenizers.image import ImageTokenizer
 
 logger = logging.getLogger(__name__)
@@ -105,11 +106,9 @@ class VQVAEFeatures:
     """
 
     def __init__(self, image_tokenizer: ImageTokenizer, batch_size: int = 64) -> None:
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         self.image_tokenizer = image_tokenizer
-        self.batch_size = batch_size
-        self.name = f"vqvae-{image_tokenizer.fingerprint()}"
+        self.batch_size = positive_int("batch_size", batch_size, type_error=ValueError)
+        self.name = f"vqvae-{image_tokenizer.fingerprint}"
 
     def __call__(self, images: Sequence[Image.Image]) -> np.ndarray:
         if len(images) == 0:

@@ -30,6 +30,13 @@ def checker_pass_rate(name: str, images: Sequence, examples: Sequence) -> dict[s
         predicted = checkers.DigitClassifier.fit_default(size=images[0].size[0]).predict(images)
         truth = [ex.attributes["digit"] for ex in examples]
         return {"checker_digit": sum(p == t for p, t in zip(predicted, truth, strict=True)) / len(truth)}
+    if name == "emoji":
+        results = checkers.EmojiChecker.build().check(images, [ex.attributes["emoji"] for ex in examples])
+        toned = [r for r, ex in zip(results, examples, strict=True) if ex.attributes.get("tone")]
+        out = {f"checker_{k}": sum(r[k] for r in results) / len(results) for k in ("emoji", "base")}
+        if toned:
+            out["checker_tone_variants_base_and_tone"] = sum(r["base"] and r["tone"] for r in toned) / len(toned)
+        return out
     return {}
 
 
@@ -45,7 +52,7 @@ def roundtrip_report(
     """Encode and decode the first ``num`` images of each dataset; metrics per dataset, grids on disk."""
     from cogview import datasets
 
-    report: dict[str, Any] = {"split": split, "tokenizer": tokenizer.fingerprint(), "datasets": {}}
+    report: dict[str, Any] = {"split": split, "tokenizer": tokenizer.fingerprint, "datasets": {}}
     rows = []
     for name in names:
         ds = datasets.load(name, split, size=tokenizer.image_size)

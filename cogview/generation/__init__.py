@@ -5,14 +5,13 @@ the autoregressive loop, :mod:`~cogview.generation.text_to_image` the text-to-im
 :class:`cogview.pipeline.CogViewPipeline` exposes as ``generate``.
 """
 
-from cogview.generation.decode import PromptState, decode_one_token, generate, prefill, sample_tokens
+from cogview.generation.decode import PromptState, decode_one_token, prefill, sample_tokens
 from cogview.generation.sampling import (
     SamplingConfig,
     apply_temperature,
     cfg_combine,
-    mask_to_range,
     process_logits,
-    sample,
+    resolve_sampling,
     sample_from_uniform,
     top_k_filter,
     top_p_filter,
@@ -27,11 +26,9 @@ __all__ = [
     "apply_temperature",
     "cfg_combine",
     "decode_one_token",
-    "generate",
-    "mask_to_range",
     "prefill",
     "process_logits",
-    "sample",
+    "resolve_sampling",
     "sample_from_uniform",
     "sample_tokens",
     "top_k_filter",

@@ -15,16 +15,17 @@ from typing import Any, TypeVar
 
 import torch
 
+from cogview.checks import positive_int
+
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-# Compute dtype when none is given. CPU: float32 (see docs/generation.md: bfloat16 was not
-# faster overall on our CPUs without native bf16 instructions); GPU: bfloat16.
-# float32 on GPUs too: for the small fp32 models this project trains, decoding is bound by kernel
-# launches, and bf16 measured 1.1-20x slower than fp32 on an H200 (docs/generation.md). Large
-# models saved in bf16 (convert-original --dtype bf16) compute in their own dtype anyway.
+# Compute dtype when none is given: float32 on every device (docs/generation.md). On CPUs without
+# native bf16 instructions bfloat16 was not faster overall; on GPUs the small fp32 models this
+# project trains are bound by kernel launches, and bf16 measured 1.1-20x slower than fp32 on an
+# H200. Models saved in bf16 (convert-original --dtype bf16) compute in their own dtype anyway.
 DEFAULT_DTYPES = {"cpu": torch.float32, "cuda": torch.float32}
 
 
@@ -75,8 +76,7 @@ def run_chunked(n: int, max_batch_size: int, run: Callable[[int, int], T]) -> li
     On an out-of-memory error the chunk size is halved and the chunk retried (down to 1, then the
     error is raised); later chunks keep the smaller size. Returns the results in order.
     """
-    if max_batch_size < 1:
-        raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
+    positive_int("max_batch_size", max_batch_size)
     results: list[T] = []
     start, size = 0, max_batch_size
     while start < n:

@@ -23,7 +23,14 @@ from cogview.checks import check_seed, check_text, positive_int
 from cogview.generation.batching import image_seed, image_uniforms, progress_bar, resolve_dtype, run_chunked
 from cogview.generation.components import Components
 from cogview.generation.decode import decode_one_token
-from cogview.generation.sampling import SamplingConfig, process_logits, sample_from_uniform
+from cogview.generation.sampling import (
+    UNGUIDED_OVERRIDES,
+    SamplingConfig,
+    process_logits,
+    resolve_sampling,
+    sample_from_uniform,
+)
+from cogview.language import LANGUAGES
 from cogview.model import CogViewTransformer
 from cogview.tokenizers.image import ImageTokenizer
 from cogview.tokenizers.text import TextTokenizer
@@ -31,7 +38,6 @@ from cogview.tokenizers.vocab import Vocabulary
 
 # The most likely caption unless told otherwise: captions are answers, not samples.
 DEFAULT_CAPTION_SAMPLING = SamplingConfig(temperature=1.0, top_k=1)
-LANGUAGES = ("zh", "en")
 # [BASE] [BOI1] before the codes, [EOI1] [ROI1] after them.
 PREFIX_OVERHEAD = 4
 ORIGINAL_CAPTION_TOKENS = 20  # the original sampled this many text tokens (SPEC 3.6)
@@ -122,24 +128,25 @@ class Captioner(Components):
         num_captions: int = 1,
         *,
         seed: int | None = None,
-        temperature: float | None = None,
-        top_k: int | None = None,
-        top_p: float | None = None,
+        sampling: SamplingConfig | None = None,
         max_tokens: int | None = None,
         max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
         dtype: torch.dtype | str | None = None,
         progress: bool = False,
+        **overrides: Any,
     ) -> list[str]:
         """``num_captions`` captions per image in ``language``, image by image (flat list).
 
-        Caption j of image i samples from the stream :func:`image_seed` ``(seed, i * num_captions + j)``;
-        the default settings are greedy (top-k 1), so ``seed`` matters only with ``top_k`` > 1.
+        Settings: ``sampling`` (else the job's defaults) with the non-None ``overrides`` among
+        ``temperature``, ``top_k`` and ``top_p``. Caption j of image i samples from the stream
+        :func:`image_seed` ``(seed, i * num_captions + j)``; the default settings are greedy
+        (top-k 1), so ``seed`` matters only with ``top_k`` > 1.
         """
         num_captions = positive_int("num_captions", num_captions)
         max_batch_size = positive_int("max_batch_size", max_batch_size)
         seed = check_seed(seed)
         allowed = self.allowed(language)
-        settings = self.sampling.replace(temperature=temperature, top_k=top_k, top_p=top_p)
+        settings = resolve_sampling(self.sampling, sampling, overrides, UNGUIDED_OVERRIDES)
         if settings.guided:
             raise ValueError("captioning has no classifier-free guidance; leave guidance_scale at 1")
         most = self.text_budget + self.end_tokens

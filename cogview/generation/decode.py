@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from cogview.checks import positive_int
 from cogview.generation.sampling import SamplingConfig, cfg_combine, process_logits, sample_from_uniform
 from cogview.model import CogViewTransformer, KVCache
 
@@ -59,8 +60,7 @@ def prefill(
     are overwritten by that row's own generated tokens before any query can see them.
     """
     rows = _prompt_rows(prompts)
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    positive_int("max_new_tokens", max_new_tokens)
     lengths = [r.numel() for r in rows]
     L = max(lengths)
     max_seq_len = model.config.max_seq_len
@@ -169,46 +169,3 @@ def sample_tokens(
         if i + 1 < steps:  # feed token i (the same for a row's cond and uncond copies)
             fed = ids if P == 1 else ids.repeat(P)  # [P*N]
             logits = decode_one_token(model, fed, base + i, cache, kv_len=L + i + 1)  # [P*N, V]
-
-
-def generate(
-    model: CogViewTransformer,
-    prompt: torch.Tensor,
-    *,
-    max_new_tokens: int,
-    generator: torch.Generator | Sequence[torch.Generator],
-    config: SamplingConfig | None = None,
-    allowed: range | slice | torch.Tensor | None = None,
-    num_samples: int = 1,
-    uncond_prompt: torch.Tensor | None = None,
-    pad_id: int = 0,
-) -> Iterator[torch.Tensor]:
-    """Prefill ``prompt`` once and yield ``[num_samples]`` new tokens per step, ``max_new_tokens`` steps.
-
-    ``generator`` is one ``torch.Generator`` for all rows, or one per row (then each row's tokens
-    depend only on its own generator). With ``config.guidance_scale != 1`` an ``uncond_prompt``
-    (CogView: ``[ROI1] [BASE] [BOI1]``) is required for classifier-free guidance. ``allowed``
-    defaults to every id.
-    """
-    config = config or SamplingConfig()
-    if num_samples < 1:
-        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-    if isinstance(generator, torch.Generator):
-        uniforms = torch.rand(num_samples, max_new_tokens, generator=generator, device=generator.device)
-    else:
-        if len(generator) != num_samples:
-            raise ValueError(
-                f"got {len(generator)} generators for {num_samples} samples; pass one per sample"
-            )
-        uniforms = torch.stack(
-            [torch.rand(max_new_tokens, generator=g, device=g.device) for g in generator]
-        )  # [N, steps]
-    if config.guided and uncond_prompt is None:
-        raise ValueError(
-            f"guidance_scale={config.guidance_scale} needs an uncond_prompt; pass one or use guidance_scale=1"
-        )
-    prompts = [prompt, uncond_prompt] if config.guided else [prompt]
-    state = prefill(model, prompts, max_new_tokens, pad_id=pad_id)
-    yield from sample_tokens(
-        model, state, uniforms, config, range(model.config.vocab_size) if allowed is None else allowed
-    )

@@ -2,15 +2,16 @@
 
 Each function maps a ``[B, V]`` logits tensor to a new one (inputs are never modified), works
 row by row at any batch size (the original's top-p worked only at batch 1) and takes its
-randomness from an explicit ``torch.Generator`` or from uniforms drawn from one. Classifier-free
-guidance (not in CogView) is :func:`cfg_combine`. :class:`SamplingConfig` names one setting.
+randomness from uniforms drawn from an explicit ``torch.Generator``. Classifier-free guidance
+(not in CogView) is :func:`cfg_combine`. :class:`SamplingConfig` names one setting, and
+:func:`resolve_sampling` is how every job applies a call's settings to its defaults.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,6 +87,32 @@ class SamplingConfig:
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
 
 
+SAMPLING_FIELDS = tuple(f.name for f in dataclasses.fields(SamplingConfig))
+# What captioning and super-resolution let a call change field by field: they have no guidance.
+UNGUIDED_OVERRIDES = ("temperature", "top_k", "top_p")
+
+
+def resolve_sampling(
+    defaults: SamplingConfig,
+    sampling: SamplingConfig | None,
+    overrides: Mapping[str, Any],
+    accepted: Collection[str] = SAMPLING_FIELDS,
+) -> SamplingConfig:
+    """The settings of one call: ``sampling`` (else the job's ``defaults``) with the non-None
+    per-field ``overrides`` (``temperature=``, ``top_k=``, ...) applied.
+
+    A name outside ``accepted`` is the TypeError an unknown keyword argument would be.
+    """
+    unknown = sorted(set(overrides) - set(accepted))
+    if unknown:
+        raise TypeError(
+            f"unexpected keyword argument(s) {unknown}; the sampling settings are {sorted(accepted)}"
+        )
+    if sampling is not None and not isinstance(sampling, SamplingConfig):
+        raise TypeError(f"sampling must be a SamplingConfig or None, got {type(sampling).__name__}")
+    return (defaults if sampling is None else sampling).replace(**overrides)
+
+
 # --- processors: [B, V] -> [B, V] ------------------------------------------------------------
 
 
@@ -102,22 +129,6 @@ def apply_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     if temperature < GREEDY_TEMPERATURE:
         return logits.masked_fill(logits < logits.max(dim=-1, keepdim=True).values, NEG_INF)
     return (logits / temperature).masked_fill(torch.isneginf(logits), NEG_INF)
-
-
-def mask_to_range(logits: torch.Tensor, allowed: slice | range | torch.Tensor) -> torch.Tensor:
-    """Set the logits of ids outside ``allowed`` (a contiguous slice/range or a ``[V]`` bool mask) to -inf."""
-    V = logits.shape[-1]
-    if isinstance(allowed, (slice, range)):
-        start, stop, step = (allowed.start or 0), (V if allowed.stop is None else allowed.stop), allowed.step
-        if step not in (None, 1) or not 0 <= start < stop <= V:
-            raise ValueError(f"allowed ids {allowed} must be a non-empty contiguous range inside [0, {V})")
-        keep = torch.zeros(V, dtype=torch.bool, device=logits.device)
-        keep[start:stop] = True  # [V]
-    else:
-        if allowed.dtype != torch.bool or allowed.shape != (V,) or not bool(allowed.any()):
-            raise ValueError(f"allowed mask must be a bool tensor of shape ({V},) with at least one True")
-        keep = allowed.to(logits.device)  # [V]
-    return logits.masked_fill(~keep, NEG_INF)
 
 
 def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
@@ -190,17 +201,11 @@ def process_logits(
 # --- samplers: [B, V] -> [B] ------------------------------------------------------------------
 
 
-def sample(logits: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """One id per row, drawn from ``softmax(logits)`` with ``torch.multinomial`` and ``generator``."""
-    probs = logits.float().softmax(dim=-1)  # [B, V]
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # [B]
-
-
 def sample_from_uniform(logits: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     """One id per row by inverting the CDF of ``softmax(logits)`` at ``u`` (``[B]``, in [0, 1)).
 
-    Same distribution as :func:`sample`, but each row's draw depends only on its own uniform, so
-    a decoding loop can take per-image random streams drawn up front: the images then do not
+    The distribution of ``torch.multinomial``, but each row's draw depends only on its own uniform,
+    so a decoding loop can take per-image random streams drawn up front: the images then do not
     depend on how they were batched. Ids with probability 0 (logit -inf) are never returned.
     """
     probs = logits.float().softmax(dim=-1)  # [B, V]

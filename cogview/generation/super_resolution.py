@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -24,7 +24,13 @@ from cogview.data import sequences
 from cogview.data.windows import Window, magnify_windows
 from cogview.generation.batching import image_seed, image_uniforms, progress_bar, run_chunked
 from cogview.generation.components import Components
-from cogview.generation.sampling import SamplingConfig, process_logits, sample_from_uniform
+from cogview.generation.sampling import (
+    UNGUIDED_OVERRIDES,
+    SamplingConfig,
+    process_logits,
+    resolve_sampling,
+    sample_from_uniform,
+)
 from cogview.images import check_image_size, resize_center_crop
 from cogview.model import CogViewTransformer
 from cogview.tokenizers.image import ImageTokenizer
@@ -34,7 +40,8 @@ from cogview.tokenizers.vocab import Vocabulary
 # Greedy: the 2x image is a reconstruction, and the most likely code is the sharpest guess.
 DEFAULT_SR_SAMPLING = SamplingConfig(temperature=1.0, top_k=1)
 DEFAULT_MAX_BATCH_SIZE = 16
-LAYOUT_TOKENS = 8  # [ROI1] [BASE] [BOI1] [EOI1] [ROI2] [POS0] [BASE] [BOI2]
+# [ROI1] [BASE] [BOI1] [EOI1] [ROI2] [POS0] [BASE] [BOI2]
+LAYOUT_TOKENS = sequences.LAYOUT_OVERHEAD["super_resolution"]
 
 
 class WindowInputs(NamedTuple):
@@ -62,7 +69,7 @@ class SuperResolution(Components):
         image_tokenizer: ImageTokenizer,
         vocab: Vocabulary,
         *,
-        window: int = 8,
+        window: int = sequences.DEFAULT_SR_WINDOW,
         stride: int | None = None,
         text_budget: int | None = None,
         sampling: SamplingConfig | None = None,
@@ -107,13 +114,16 @@ class SuperResolution(Components):
         prompt: str | None = None,
         *,
         seed: int | None = None,
-        temperature: float | None = None,
-        top_k: int | None = None,
-        top_p: float | None = None,
+        sampling: SamplingConfig | None = None,
         max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
         progress: bool = False,
+        **overrides: Any,
     ) -> list[Image.Image]:
-        """Each image at twice its (square, code-aligned) size; images of one size share batches."""
+        """Each image at twice its (square, code-aligned) size; images of one size share batches.
+
+        Settings: ``sampling`` (else the job's defaults) with the non-None ``overrides`` among
+        ``temperature``, ``top_k`` and ``top_p``.
+        """
         single = isinstance(images, Image.Image)
         if not single and (not isinstance(images, Sequence) or isinstance(images, (str, bytes))):
             raise TypeError(f"images must be a PIL image or a list of them, got {type(images).__name__}")
@@ -126,7 +136,7 @@ class SuperResolution(Components):
             check_image_size(*im.size)
         check_text("prompt", prompt, allow_none=True)
         max_batch_size = positive_int("max_batch_size", max_batch_size)
-        settings = self.sampling.replace(temperature=temperature, top_k=top_k, top_p=top_p)
+        settings = resolve_sampling(self.sampling, sampling, overrides, UNGUIDED_OVERRIDES)
         seed = check_seed(seed)
         seed = secrets.randbits(62) if seed is None else seed
         text = self.text_ids(prompt)

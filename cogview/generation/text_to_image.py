@@ -34,10 +34,11 @@ from cogview.generation.batching import (
 )
 from cogview.generation.components import Components
 from cogview.generation.decode import PromptState, prefill, sample_tokens
-from cogview.generation.sampling import SamplingConfig
+from cogview.generation.sampling import SamplingConfig, resolve_sampling
+from cogview.language import text_language
 from cogview.model import CogViewTransformer
 from cogview.tokenizers.image import ImageTokenizer
-from cogview.tokenizers.text import TextTokenizer, is_cjk
+from cogview.tokenizers.text import TextTokenizer
 from cogview.tokenizers.vocab import Vocabulary
 
 logger = logging.getLogger(__name__)
@@ -61,8 +62,8 @@ DEFAULT_SAMPLING: dict[str, SamplingConfig] = {
 
 
 def prompt_kind(prompt: str) -> str:
-    """``"zh"`` for a prompt holding CJK characters, else ``"en"``: the kinds sampling defaults are keyed by."""
-    return "zh" if any(is_cjk(ch) for ch in prompt) else "en"
+    """The prompt's language (:func:`cogview.language.text_language`), which keys the sampling defaults."""
+    return text_language(prompt)
 
 
 @dataclass(frozen=True)
@@ -171,10 +172,12 @@ class TextToImage(Components):
         )
         return torch.from_numpy(full.tokens[: len(text) + PROMPT_OVERHEAD].copy())  # [T]
 
-    def settings_for(self, prompt: str, **overrides: Any) -> SamplingConfig:
-        """The defaults of the prompt's kind, with the non-None ``overrides`` applied."""
-        base = self.sampling.get(prompt_kind(prompt), self.sampling["default"])
-        return base.replace(**overrides)
+    def settings_for(
+        self, prompt: str, sampling: SamplingConfig | None = None, **overrides: Any
+    ) -> SamplingConfig:
+        """``sampling`` (else the defaults of the prompt's kind), with the non-None ``overrides`` applied."""
+        defaults = self.sampling.get(prompt_kind(prompt), self.sampling["default"])
+        return resolve_sampling(defaults, sampling, overrides)
 
     # --- generation ------------------------------------------------------------------------------
 
@@ -202,21 +205,22 @@ class TextToImage(Components):
         *,
         seed: int | None = None,
         generator: torch.Generator | None = None,
-        temperature: float | None = None,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        guidance_scale: float | None = None,
-        min_p: float | None = None,
+        sampling: SamplingConfig | None = None,
         max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
         dtype: torch.dtype | str | None = None,
         progress: bool = False,
+        **overrides: Any,
     ) -> list[PromptResult]:
-        """Generate ``num_images`` per prompt; settings left None take the prompt kind's defaults.
+        """Generate ``num_images`` per prompt.
 
-        Randomness: image i of a prompt samples from its own stream, seeded by
-        :func:`image_seed` ``(seed, i)``, so the same prompt, seed and settings give the same images
-        whatever the other prompts and (up to float rounding) ``max_batch_size``. ``seed=None``
-        takes one from ``generator`` if given, else a fresh random one; it is in the results.
+        Settings: ``sampling`` for every prompt, else the defaults of each prompt's kind, with the
+        per-field ``overrides`` (``temperature``, ``top_k``, ``top_p``, ``guidance_scale``,
+        ``min_p``) applied where not None.
+
+        Randomness: image i of a prompt samples from its own stream, seeded by :func:`image_seed`
+        ``(seed, i)``, so the same prompt, seed and settings give the same images whatever the
+        other prompts and (up to float rounding) ``max_batch_size``. ``seed=None`` takes one from
+        ``generator`` if given, else a fresh random one; it is in the results.
         """
         prompt_list = prompt_strings(prompts)
         num_images = positive_int("num_images", num_images)
@@ -229,10 +233,9 @@ class TextToImage(Components):
                 seed = secrets.randbits(62)
                 logger.info("no seed given; using seed %d", seed)
         compute_dtype = self.resolved_dtype(dtype)
-        overrides = dict(
-            temperature=temperature, top_k=top_k, top_p=top_p, guidance_scale=guidance_scale, min_p=min_p
-        )
-        encoded = [(p, *self.prompt_tokens(p), self.settings_for(p, **overrides)) for p in prompt_list]
+        encoded = [
+            (p, *self.prompt_tokens(p), self.settings_for(p, sampling, **overrides)) for p in prompt_list
+        ]
         model = self.model_in(compute_dtype)
         results = []
         bar = progress_bar(progress, len(prompt_list) * num_images * self.num_tokens)

@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from cogview.checks import positive_int
 from cogview.config_io import from_dict_strict
 
 LN_INPUT_SCALINGS = ("none", "max", "original")
@@ -86,9 +87,7 @@ class TransformerConfig:
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "dim", "n_layers", "n_heads", "max_seq_len"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{name}={value!r} must be a positive integer")
+            object.__setattr__(self, name, positive_int(name, getattr(self, name), type_error=ValueError))
         if self.dim % self.n_heads != 0:
             raise ValueError(
                 f"dim={self.dim} is not divisible by n_heads={self.n_heads}; "

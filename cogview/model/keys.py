@@ -7,6 +7,8 @@ key; see docs/checkpoint_keys.md.
 
 from __future__ import annotations
 
+from cogview.checks import positive_int
+
 # Per layer: our suffix -> the original's suffix under ``transformer.layers.{i}.``
 _LAYER_KEYS = {
     "attention_norm": "input_layernorm",
@@ -28,8 +30,7 @@ def original_key_map(n_layers: int, *, sat: bool = False) -> dict[str, str]:
         sat: use the SwissArmyTransformer spelling ``transformer.word_embeddings.weight`` for the
             word table instead of the original top-level ``word_embeddings.weight``.
     """
-    if n_layers <= 0:
-        raise ValueError(f"n_layers={n_layers} must be positive")
+    positive_int("n_layers", n_layers)
     keys = {
         "tok_embeddings.weight": "transformer.word_embeddings.weight" if sat else "word_embeddings.weight",
         "pos_embeddings.weight": "transformer.position_embeddings.weight",

@@ -13,6 +13,7 @@ import os
 import torch
 import uvicorn
 
+from cogview.checks import positive_int
 from cogview.pipeline import CogViewPipeline
 from cogview.server.app import create_app
 
@@ -41,9 +42,8 @@ def serve(
 ) -> None:
     """Serve ``model`` (None: the shipped default) at ``http://host:port/`` until interrupted."""
     if threads is not None:
-        if threads < 1:
-            raise ValueError(f"threads must be >= 1, got {threads}")
-        torch.set_num_threads(threads)  # once, before any request: worker threads inherit it
+        # once, before any request: worker threads inherit it
+        torch.set_num_threads(positive_int("threads", threads))
     if not 0 <= port <= 65535:
         raise ValueError(f"port must lie in [0, 65535], got {port}")
     pipeline = CogViewPipeline.from_pretrained(model, device=device)

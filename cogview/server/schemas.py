@@ -7,9 +7,11 @@ got wrong. Sampling fields left out (None) take the model's defaults, as in the 
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from cogview.generation.sampling import SAMPLING_FIELDS
 
 # One request must stay a few seconds of CPU work: these bound what a client can ask for.
 MAX_IMAGES = 16  # images returned by one generate call, and images sent to caption/score
@@ -39,6 +41,10 @@ class Sampling(Request):
     temperature: float | None = Field(None, gt=0, le=10)
     top_k: int | None = Field(None, ge=0, le=100_000)
     top_p: float | None = Field(None, ge=0, le=1)
+
+    def sampling_overrides(self) -> dict[str, Any]:
+        """The request's sampling fields (this one's and a subclass's), as the jobs' keyword overrides."""
+        return self.model_dump(include=set(SAMPLING_FIELDS))
 
 
 class GenerateRequest(Sampling):

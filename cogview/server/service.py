@@ -100,7 +100,7 @@ class Service:
                 f"the prompt is {n_tokens} text tokens long; this model reads at most {t2i.text_budget}: "
                 "shorten it"
             )
-        settings = req.model_dump(include={"temperature", "top_k", "top_p", "guidance_scale", "min_p"})
+        settings = req.sampling_overrides()
         seed = random_seed() if req.seed is None else req.seed
         (result,) = self._locked(
             "generate",
@@ -119,7 +119,7 @@ class Service:
         """Captions of one image in Chinese (zh) or English (en); greedy unless top_k > 1."""
         self._require("image_to_text", "caption images")
         image = decode_image(req.image)
-        settings = req.model_dump(include={"temperature", "top_k", "top_p"})
+        settings = req.sampling_overrides()
         seed = random_seed() if req.seed is None else req.seed
         captions = self._locked(
             "caption",
@@ -158,7 +158,9 @@ class Service:
                 f"the image is {image.size[0]}x{image.size[1]} px; this server upscales images of at most "
                 f"{schemas.MAX_UPSCALE_SIDE} px a side (larger ones take minutes on a CPU): shrink or crop it first"
             )
-        settings = req.model_dump(include={"seed", "temperature", "top_k", "top_p"})
-        big = self._locked("upscale", lambda: self.pipeline.upscale(image, req.prompt, **settings))
+        settings = req.sampling_overrides()
+        big = self._locked(
+            "upscale", lambda: self.pipeline.upscale(image, req.prompt, seed=req.seed, **settings)
+        )
         (png,) = encode_images([big])
         return {"png": png, "width": big.size[0], "height": big.size[1], "seed": req.seed}

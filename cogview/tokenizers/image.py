@@ -102,8 +102,13 @@ class ImageTokenizer:
         """Codes (B, h, w) -> PIL images."""
         return to_pil(self.decode_pixels(codes))
 
+    @property
     def fingerprint(self) -> str:
-        """Short hash of config and weights: token shards record it to refuse other tokenizers."""
+        """Short hash of config and weights: token shards record it to refuse other tokenizers.
+
+        Computed on each access (the weights may change in training), as a property like
+        :attr:`TextTokenizer.fingerprint <cogview.tokenizers.text.TextTokenizer.fingerprint>`.
+        """
         h = hashlib.sha256(repr(sorted(self.config.to_dict().items())).encode())
         for name, t in sorted(self.model.state_dict().items()):
             h.update(name.encode())

@@ -24,6 +24,7 @@ from typing import Any
 
 import sentencepiece as spm
 
+from cogview.language import LANGUAGES, is_cjk
 from cogview.serialization import CONFIG_NAME, atomic_write, read_json, write_json
 from cogview.tokenizers.vocab import Vocabulary
 
@@ -100,7 +101,7 @@ class TextTokenizer:
         self._bytes = bytes(model_bytes)
         self.source = source
         self.training = dict(training or {})
-        self.fingerprint = hashlib.sha256(self._bytes).hexdigest()[:_FINGERPRINT_CHARS]
+        self._fingerprint = hashlib.sha256(self._bytes).hexdigest()[:_FINGERPRINT_CHARS]
         self._byte_ids = [processor.piece_to_id(f"<0x{b:02X}>") for b in range(256)]
         self._has_byte_fallback = all(processor.is_byte(i) for i in self._byte_ids)
         self._byte_value = {i: b for b, i in enumerate(self._byte_ids)} if self._has_byte_fallback else {}
@@ -235,6 +236,11 @@ class TextTokenizer:
     def model_bytes(self) -> bytes:
         return self._bytes
 
+    @property
+    def fingerprint(self) -> str:
+        """Short hash of the model bytes: shards, cogview.json and pipeline.json record it."""
+        return self._fingerprint
+
     def __repr__(self) -> str:
         return f"TextTokenizer(vocab_size={self.vocab_size}, fingerprint={self.fingerprint!r}, source={self.source!r})"
 
@@ -300,12 +306,13 @@ class TextTokenizer:
     def language_ids(self, lang: str) -> list[int]:
         """SentencePiece ids that can occur in text of ``lang`` ("zh" or "en"), for constrained decoding.
 
-        A piece holding a CJK character is Chinese, one holding an ASCII letter is English, and
+        A piece holding a CJK character (:func:`cogview.language.is_cjk`) is Chinese, one holding
+        an ASCII letter is English, and
         pieces with neither (digits, punctuation, spaces) belong to both. Byte-fallback pieces of
         multi-byte characters count as Chinese (they spell rare CJK); an ASCII byte counts as the
         character it is. Control and unknown pieces belong to none.
         """
-        if lang not in ("zh", "en"):
+        if lang not in LANGUAGES:
             raise ValueError(f"language must be 'zh' or 'en', got {lang!r}")
         out = []
         for i in range(self.vocab_size):
@@ -358,18 +365,6 @@ class TextTokenizer:
                 f"vocabulary has text_size={vocab.text_size} but this tokenizer has {self.vocab_size} "
                 f"pieces; build the Vocabulary with text_size=tokenizer.vocab_size"
             )
-
-
-def is_cjk(ch: str) -> bool:
-    """Whether ``ch`` is a CJK ideograph or CJK/full-width punctuation."""
-    o = ord(ch)
-    return (
-        0x3400 <= o <= 0x9FFF
-        or 0xF900 <= o <= 0xFAFF
-        or 0x3000 <= o <= 0x303F
-        or 0xFF00 <= o <= 0xFFEF
-        or 0x20000 <= o <= 0x2FA1F
-    )
 
 
 def train_default(out_dir: str | os.PathLike) -> TextTokenizer:

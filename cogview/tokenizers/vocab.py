@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, TypeVar
 
+from cogview.checks import positive_int
+
 # The 27 command tokens of the original UnifiedTokenizer, in id order (SPEC 2.3). The order is
 # part of the checkpoint format: the released weights index their embedding rows this way.
 COMMAND_TOKENS: tuple[str, ...] = (
@@ -59,9 +61,8 @@ class Vocabulary:
 
     def __post_init__(self) -> None:
         for name in ("image_size", "text_size", "pad_to_multiple"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"Vocabulary.{name} must be a positive int, got {value!r}")
+            value = positive_int(f"Vocabulary.{name}", getattr(self, name), type_error=ValueError)
+            object.__setattr__(self, name, value)
         if isinstance(self.extra_tokens, str) or not all(isinstance(t, str) and t for t in self.extra_tokens):
             raise ValueError(
                 f"Vocabulary.extra_tokens must be a sequence of non-empty names such as ('[EOT]',), "
@@ -204,6 +205,12 @@ class Vocabulary:
                 f"vocabulary dict has unknown keys {unknown} / missing keys {missing}; expected exactly {sorted(fields)}"
             )
         return cls(**d)
+
+
+def default_vocab(image_tokenizer: Any, text_tokenizer: Any) -> Vocabulary:
+    """The unified vocabulary of an ImageTokenizer and a TextTokenizer (default extra tokens and
+    padding); prepare, training and pipelines share it. Typed loosely: both tokenizers import this module."""
+    return Vocabulary(image_size=image_tokenizer.codebook_size, text_size=text_tokenizer.vocab_size)
 
 
 def _in_range(ids: Any, lo: int, hi: int) -> Any:

@@ -26,9 +26,6 @@ from cogview.serialization import DiskFullError, raise_if_disk_full
 
 log = logging.getLogger(__name__)
 STATE_NAME = "state.pt"
-# Written next to config.json + model.safetensors: the vocabulary and the tokenizers' fingerprints
-# the model was trained with, so a pipeline can refuse to pair it with other tokenizers.
-MODEL_INFO_NAME = "cogview.json"
 _STEP_DIR = re.compile(r"^step_(\d{8})$")
 
 

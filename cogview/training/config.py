@@ -14,6 +14,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from cogview.config_io import from_dict_strict
 from cogview.model.config import PRESETS, TransformerConfig
 
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -184,11 +185,7 @@ class TrainConfig:
             raise ConfigError(
                 f"a training config must be a mapping of keys to values, got {type(d).__name__}"
             )
-        known = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(d) - set(known))
-        if unknown:
-            raise ConfigError(f"unknown training config key(s) {unknown}; valid keys are {known}")
-        return cls(**d)
+        return from_dict_strict(cls, d, "training config", noun="key(s)", error=ConfigError)
 
     def resume_mismatches(self, other: dict[str, Any]) -> list[str]:
         """Keys (besides :data:`RESUMABLE_CHANGES`) whose values differ from a stored config dict."""

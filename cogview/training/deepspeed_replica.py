@@ -12,13 +12,13 @@ Needs the optional extra: ``pip install torch==2.13.0 -e ".[deepspeed]"``.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from cogview.config_io import read_config_file
 from cogview.training.config import ConfigError, TrainConfig
 from cogview.training.optim import param_groups
 from cogview.training.parallel import ADAM_KEYS, Local, named_optimizer_state
@@ -44,8 +44,8 @@ def deepspeed_config(cfg: TrainConfig, world_size: int) -> dict[str, Any]:
     """The JSON at ``cfg.deepspeed_config`` completed with the TrainConfig's batch sizes and clipping."""
     path = Path(cfg.deepspeed_config).expanduser()
     try:
-        user = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
+        user = read_config_file(path)
+    except (OSError, ValueError) as e:
         raise ConfigError(f"deepspeed_config {path} could not be read as JSON: {e}") from e
     if cfg.precision == "fp16":
         raise ConfigError("strategy deepspeed runs precision fp32 or bf16; fp16 needs strategy ddp or fsdp")

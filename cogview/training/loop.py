@@ -21,14 +21,14 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from cogview.checks import positive_int
 from cogview.data.shards import ShardMixture, TokenShards, open_data
 from cogview.model import CogViewTransformer, TransformerConfig
 from cogview.serialization import CONFIG_NAME as MODEL_CONFIG_NAME
-from cogview.serialization import write_json
+from cogview.serialization import MODEL_INFO_NAME, write_json
 from cogview.training import distributed
 from cogview.training.batches import BatchSource
 from cogview.training.checkpoint import (
-    MODEL_INFO_NAME,
     checkpoint_dirs,
     latest_checkpoint,
     load_state,
@@ -201,8 +201,8 @@ def _train(
     env: DistEnv,
 ) -> dict[str, Any]:
     started = time.perf_counter()
-    if max_steps is not None and max_steps <= 0:
-        raise ValueError(f"max_steps must be positive, got {max_steps}")
+    if max_steps is not None:
+        positive_int("max_steps", max_steps, type_error=ValueError)
     run = _build_or_resume(cfg, out, resume, on_model, env)
     end = min(cfg.steps, max_steps) if max_steps else cfg.steps
     _step_loop(run, end, progress)

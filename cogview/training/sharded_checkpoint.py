@@ -26,9 +26,15 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.api import CheckpointException
 
 from cogview.model import CogViewTransformer, TransformerConfig
-from cogview.serialization import CONFIG_NAME, WEIGHTS_NAME, CheckpointError, read_json, write_json
-from cogview.training.checkpoint import (
+from cogview.serialization import (
+    CONFIG_NAME,
     MODEL_INFO_NAME,
+    WEIGHTS_NAME,
+    CheckpointError,
+    read_json,
+    write_json,
+)
+from cogview.training.checkpoint import (
     STATE_NAME,
     begin_checkpoint,
     commit_checkpoint,

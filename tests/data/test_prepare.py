@@ -73,7 +73,7 @@ def test_rows_are_the_layouts_of_each_example(
     shards = TokenShards.open(
         tmp_path,
         text_fingerprint=text_tokenizer.fingerprint,
-        image_fingerprint=image_tokenizer.fingerprint(),
+        image_fingerprint=image_tokenizer.fingerprint,
         vocab=vocab,
     )
     assert shards.dtype.name == "uint16" and len(np.unique(shards.rows(np.arange(20))[:, 40:50])) > 3

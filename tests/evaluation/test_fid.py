@@ -114,7 +114,7 @@ def test_vqvae_features_pool_mean_and_std_per_channel_and_are_deterministic(
     assert features.shape == (6, 2 * tokenizer.config.embed_dim)
     assert (features[:, tokenizer.config.embed_dim :] >= 0).all()  # the std half
     np.testing.assert_array_equal(features, VQVAEFeatures(tokenizer, batch_size=64)(images))
-    assert extractor.name == f"vqvae-{tokenizer.fingerprint()}"
+    assert extractor.name == f"vqvae-{tokenizer.fingerprint}"
 
 
 def test_a_custom_extractor_plugs_in() -> None:
@@ -196,7 +196,7 @@ def test_cli_end_to_end_writes_json(
     ]
     assert main([*args, "--json", str(out)]) == 0
     report = json.loads(out.read_text())
-    assert report["fid"] > 0 and report["extractor"] == f"vqvae-{tokenizer.fingerprint()}"
+    assert report["fid"] > 0 and report["extractor"] == f"vqvae-{tokenizer.fingerprint}"
     assert report["real"]["images"] == 6 and report["real"]["skipped"] == 1
     assert report["fake"]["images"] == 6 and report["fake"]["skipped"] == 0
     printed = capsys.readouterr().out

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cogview.generation.decode import generate, prefill, sample_tokens
+from cogview.generation.batching import image_uniforms
+from cogview.generation.decode import prefill, sample_tokens
 from cogview.generation.sampling import SamplingConfig, cfg_combine
 from cogview.model import PRESETS, CogViewTransformer
 
@@ -22,8 +23,17 @@ PROMPT = torch.tensor([300, 301, 302, 303, 304, 305])
 UNCOND = torch.tensor([300, 304, 305])
 
 
-def _tokens(model: CogViewTransformer, prompt: torch.Tensor, steps: int, **kwargs) -> torch.Tensor:
-    return torch.stack(list(generate(model, prompt, max_new_tokens=steps, **kwargs)), dim=1)  # [N, steps]
+def _tokens(
+    model: CogViewTransformer,
+    prompt: torch.Tensor,
+    uniforms: torch.Tensor,
+    config: SamplingConfig,
+    allowed: range | torch.Tensor = ALLOWED,
+    uncond: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``[N, steps]`` tokens of one prefill and ``uniforms`` ``[N, steps]`` (the jobs' path)."""
+    state = prefill(model, [prompt] if uncond is None else [prompt, uncond], uniforms.shape[1])
+    return torch.stack(list(sample_tokens(model, state, uniforms, config, allowed)), dim=1)
 
 
 @torch.no_grad()
@@ -50,9 +60,7 @@ def test_kv_len_reads_a_prefix_of_the_cache_with_the_same_result(model: CogViewT
 
 
 def test_cached_greedy_decoding_equals_uncached_recomputation(model: CogViewTransformer) -> None:
-    out = _tokens(
-        model, PROMPT, 12, generator=torch.Generator(), config=SamplingConfig(top_k=1), allowed=ALLOWED
-    )
+    out = _tokens(model, PROMPT, torch.rand(1, 12), SamplingConfig(top_k=1))
     seq = PROMPT.clone()
     for t in range(12):
         nxt = _full_logits(model, seq).argmax() + ALLOWED.start
@@ -65,13 +73,7 @@ def test_guided_rows_use_their_own_prompt_positions(model: CogViewTransformer) -
     # from uncached forwards over each prompt followed by the generated tokens.
     scale = 3.0
     out = _tokens(
-        model,
-        PROMPT,
-        10,
-        generator=torch.Generator(),
-        config=SamplingConfig(top_k=1, guidance_scale=scale),
-        allowed=ALLOWED,
-        uncond_prompt=UNCOND,
+        model, PROMPT, torch.rand(1, 10), SamplingConfig(top_k=1, guidance_scale=scale), uncond=UNCOND
     )
     generated = torch.tensor([], dtype=torch.long)
     for t in range(10):
@@ -130,24 +132,20 @@ def test_guided_min_p_samples_only_ids_the_conditional_model_finds_plausible(
 
 
 def test_samples_stay_in_the_allowed_range(model: CogViewTransformer) -> None:
-    out = _tokens(
-        model, PROMPT, 30, generator=torch.Generator().manual_seed(0), allowed=range(40, 50), num_samples=5
-    )
+    uniforms = torch.rand(5, 30, generator=torch.Generator().manual_seed(0))
+    out = _tokens(model, PROMPT, uniforms, SamplingConfig(), allowed=range(40, 50))
     assert ((out >= 40) & (out < 50)).all()
     keep = torch.zeros(512, dtype=torch.bool)
     keep[[3, 7, 11]] = True
-    out = _tokens(model, PROMPT, 30, generator=torch.Generator().manual_seed(0), allowed=keep, num_samples=5)
+    out = _tokens(model, PROMPT, uniforms, SamplingConfig(), allowed=keep)
     assert set(out.unique().tolist()) <= {3, 7, 11}
 
 
-def test_seeded_and_each_row_depends_only_on_its_own_generator(model: CogViewTransformer) -> None:
-    def gens(seeds: list[int]) -> list[torch.Generator]:
-        return [torch.Generator().manual_seed(s) for s in seeds]
-
-    kwargs = dict(config=SamplingConfig(temperature=1.2), allowed=ALLOWED, uncond_prompt=None)
-    batch = _tokens(model, PROMPT, 16, generator=gens([1, 2, 3]), num_samples=3, **kwargs)
-    assert torch.equal(batch, _tokens(model, PROMPT, 16, generator=gens([1, 2, 3]), num_samples=3, **kwargs))
-    alone = _tokens(model, PROMPT, 16, generator=gens([2]), num_samples=1, **kwargs)
+def test_seeded_and_each_row_depends_only_on_its_own_stream(model: CogViewTransformer) -> None:
+    config = SamplingConfig(temperature=1.2)
+    batch = _tokens(model, PROMPT, image_uniforms([1, 2, 3], 16), config)
+    assert torch.equal(batch, _tokens(model, PROMPT, image_uniforms([1, 2, 3], 16), config))
+    alone = _tokens(model, PROMPT, image_uniforms([2], 16), config)
     assert torch.equal(batch[1:2], alone)
     assert not torch.equal(batch[0], batch[1])
 
@@ -164,16 +162,6 @@ def test_the_prompt_state_is_shared_not_consumed(model: CogViewTransformer) -> N
 def test_clear_errors(model: CogViewTransformer) -> None:
     with pytest.raises(ValueError, match="max_seq_len"):
         prefill(model, [torch.arange(100)], 29)
-    with pytest.raises(ValueError, match="uncond"):
-        next(
-            generate(
-                model,
-                PROMPT,
-                max_new_tokens=4,
-                generator=torch.Generator(),
-                config=SamplingConfig(guidance_scale=2),
-            )
-        )
     with pytest.raises(ValueError, match="prefilled"):
         next(
             sample_tokens(
@@ -184,7 +172,12 @@ def test_clear_errors(model: CogViewTransformer) -> None:
                 ALLOWED,
             )
         )
-    with pytest.raises(ValueError, match="one per sample"):
-        next(generate(model, PROMPT, max_new_tokens=4, generator=[torch.Generator()], num_samples=2))
-    with pytest.raises(ValueError, match="contiguous"):
-        next(generate(model, PROMPT, max_new_tokens=4, generator=torch.Generator(), allowed=range(0, 600)))
+    state, u = prefill(model, [PROMPT], 4), torch.rand(1, 4)
+    for bad, message in (
+        (range(0, 600), "contiguous"),
+        (range(3, 3), "contiguous"),
+        (torch.zeros(512, dtype=torch.bool), "bool mask"),
+        (torch.ones(9, dtype=torch.bool), "bool mask"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            next(sample_tokens(model, state, u, SamplingConfig(), bad))

@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from cogview.cli import main
-from cogview.data.prepare import default_vocab
 from cogview.generation.sampling import SamplingConfig
 from cogview.model import PRESETS, CogViewTransformer
 from cogview.pipeline import CogViewPipeline
 from cogview.tokenizers.image import ImageTokenizer
 from cogview.tokenizers.text import TextTokenizer
+from cogview.tokenizers.vocab import default_vocab
 from cogview.tokenizers.vqvae import VQVAE, VQVAE_PRESETS
 
 

@@ -11,16 +11,17 @@ import pytest
 import torch
 from PIL import Image
 
-from cogview.data.prepare import default_vocab
 from cogview.data.windows import Window, magnify_windows
 from cogview.generation.sampling import SamplingConfig
 from cogview.generation.super_resolution import SuperResolution
 from cogview.images import to_pil
+from cogview.language import is_cjk
 from cogview.model import PRESETS, CogViewTransformer
-from cogview.pipeline import CogViewPipeline
-from cogview.serialization import CheckpointError
+from cogview.pipeline import CogViewPipeline, PipelineConfig, default_model_path
+from cogview.serialization import CheckpointError, write_json
 from cogview.tokenizers.image import ImageTokenizer
-from cogview.tokenizers.text import TextTokenizer, is_cjk
+from cogview.tokenizers.text import TextTokenizer
+from cogview.tokenizers.vocab import default_vocab
 from cogview.tokenizers.vqvae import VQVAE, VQVAE_PRESETS
 
 SR_WINDOW = 4  # tiny tokenizer: 32 px -> 8x8 codes; windows of 4x4 low / 8x8 high codes
@@ -179,6 +180,20 @@ def test_the_models_post_selection_default_is_saved_and_used(pipe: CogViewPipeli
     (tmp_path / "m" / "pipeline.json").write_text(json.dumps(meta))
     with pytest.raises(CheckpointError, match="pipeline.json is incomplete or invalid.*positive integer"):
         CogViewPipeline.from_pretrained(tmp_path / "m")
+
+
+def test_pipeline_config_is_the_pipeline_json_schema(pipe: CogViewPipeline, tmp_path: Path) -> None:
+    config = pipe.pipeline_config()
+    assert config.to_dict() == pipe.config() and config.jobs == pipe.job_folders()
+    assert PipelineConfig.from_dict(config.to_dict(), tmp_path) == config
+    shipped = default_model_path() / "pipeline.json"  # read and written back byte for byte
+    write_json(
+        tmp_path / "pipeline.json",
+        PipelineConfig.from_dict(json.loads(shipped.read_text()), shipped.parent).to_dict(),
+    )
+    assert (tmp_path / "pipeline.json").read_bytes() == shipped.read_bytes()
+    t2i_only = PipelineConfig(pipe.vocab, "t", "i", {"text_to_image": "transformer"}).to_dict()
+    assert "super_resolution" not in t2i_only and "post_selection" not in t2i_only
 
 
 # --- super-resolution -----------------------------------------------------------------------

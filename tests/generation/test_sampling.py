@@ -1,4 +1,4 @@
-"""Logits processors and samplers: top-k/top-p per row, allowed ranges, guidance, seeded draws."""
+"""Logits processors and samplers: top-k/top-p per row, masked ids, guidance, seeded draws."""
 
 from __future__ import annotations
 
@@ -9,10 +9,9 @@ from cogview.generation.sampling import (
     SamplingConfig,
     apply_temperature,
     cfg_combine,
-    mask_to_range,
     min_p_filter,
     process_logits,
-    sample,
+    resolve_sampling,
     sample_from_uniform,
     top_k_filter,
     top_p_filter,
@@ -23,6 +22,13 @@ def _logits(B: int = 4, V: int = 50, seed: int = 0) -> torch.Tensor:
     return torch.randn(B, V, generator=torch.Generator().manual_seed(seed)) * 3
 
 
+def _only(logits: torch.Tensor, allowed: range) -> torch.Tensor:
+    """-inf outside ``allowed``, as a job masks ids before processing (decode, captioning)."""
+    keep = torch.zeros(logits.shape[-1], dtype=torch.bool)
+    keep[allowed.start : allowed.stop] = True
+    return logits.masked_fill(~keep, float("-inf"))
+
+
 def test_processors_do_not_modify_their_input() -> None:
     logits = _logits()
     before = logits.clone()
@@ -30,7 +36,7 @@ def test_processors_do_not_modify_their_input() -> None:
         apply_temperature(logits, 0.5),
         top_k_filter(logits, 3),
         top_p_filter(logits, 0.5),
-        mask_to_range(logits, range(10, 20)),
+        min_p_filter(logits, logits.flip(0), 0.5),
         cfg_combine(logits, logits.flip(0), 2.0),
     ):
         assert out.shape == logits.shape
@@ -40,8 +46,6 @@ def test_processors_do_not_modify_their_input() -> None:
 def test_top_k_1_equals_argmax() -> None:
     logits = _logits(B=8)
     for seed in range(5):
-        ids = sample(top_k_filter(logits, 1), torch.Generator().manual_seed(seed))
-        assert torch.equal(ids, logits.argmax(-1))
         u = torch.rand(8, generator=torch.Generator().manual_seed(seed))
         assert torch.equal(sample_from_uniform(top_k_filter(logits, 1), u), logits.argmax(-1))
 
@@ -49,23 +53,13 @@ def test_top_k_1_equals_argmax() -> None:
 def test_samples_stay_inside_top_k_and_the_allowed_range() -> None:
     logits = _logits(B=16, V=100)
     allowed = range(30, 60)
-    filtered = top_k_filter(mask_to_range(logits, allowed), 5)
-    top5 = mask_to_range(logits, allowed).topk(5, dim=-1).indices  # [B, 5]
+    filtered = top_k_filter(_only(logits, allowed), 5)
+    top5 = _only(logits, allowed).topk(5, dim=-1).indices  # [B, 5]
     g = torch.Generator().manual_seed(0)
-    for _ in range(50):
-        for ids in (sample(filtered, g), sample_from_uniform(filtered, torch.rand(16, generator=g))):
-            assert ((ids >= 30) & (ids < 60)).all()
-            assert (top5 == ids[:, None]).any(-1).all()
-
-
-def test_mask_to_range_accepts_a_bool_mask_and_refuses_empty_ranges() -> None:
-    logits = _logits(B=2, V=8)
-    keep = torch.tensor([True, False] * 4)
-    out = mask_to_range(logits, keep)
-    assert torch.isneginf(out[:, 1::2]).all() and torch.equal(out[:, ::2], logits[:, ::2])
-    for bad in (range(3, 3), range(0, 9), torch.zeros(8, dtype=torch.bool)):
-        with pytest.raises(ValueError):
-            mask_to_range(logits, bad)
+    for _ in range(100):
+        ids = sample_from_uniform(filtered, torch.rand(16, generator=g))
+        assert ((ids >= 30) & (ids < 60)).all()
+        assert (top5 == ids[:, None]).any(-1).all()
 
 
 def test_top_p_works_per_row_at_any_batch_size() -> None:
@@ -89,10 +83,11 @@ def test_top_p_keeps_the_id_that_crosses_p() -> None:
 
 def test_the_same_generator_seed_gives_the_same_tokens() -> None:
     logits = _logits(B=6, V=40)
-    a = [sample(logits, torch.Generator().manual_seed(7)) for _ in range(2)]
+    a = [
+        sample_from_uniform(logits, torch.rand(6, generator=torch.Generator().manual_seed(7)))
+        for _ in range(2)
+    ]
     assert torch.equal(a[0], a[1])
-    u = torch.rand(6, generator=torch.Generator().manual_seed(7))
-    assert torch.equal(sample_from_uniform(logits, u), sample_from_uniform(logits, u.clone()))
 
 
 def test_inverse_cdf_sampling_matches_the_distribution() -> None:
@@ -118,7 +113,7 @@ def test_cfg_combine_formula_scale_one_and_masked_ids() -> None:
     assert cfg_combine(cond, uncond, 1.0) is cond  # bit for bit: guidance off
     torch.testing.assert_close(cfg_combine(cond, uncond, 3.0), uncond + 3.0 * (cond - uncond))
     torch.testing.assert_close(cfg_combine(cond, uncond, 0.0), uncond)
-    masked_c, masked_u = mask_to_range(cond, range(0, 10)), mask_to_range(uncond, range(0, 10))
+    masked_c, masked_u = _only(cond, range(0, 10)), _only(uncond, range(0, 10))
     out = cfg_combine(masked_c, masked_u, 2.5)
     assert not out.isnan().any() and torch.isneginf(out[:, 10:]).all()
 
@@ -181,3 +176,16 @@ def test_sampling_config_round_trip_and_replace() -> None:
     assert SamplingConfig.from_dict(cfg.to_dict()) == cfg
     assert cfg.replace(top_k=None, guidance_scale=1.0) == SamplingConfig(0.9, 50, 0.95, 1.0)
     assert cfg.guided and not cfg.replace(guidance_scale=1).guided
+
+
+def test_resolve_sampling_takes_a_config_then_per_field_overrides() -> None:
+    defaults, given = SamplingConfig(top_k=20), SamplingConfig(temperature=0.5)
+    assert resolve_sampling(defaults, None, {}) == defaults
+    assert resolve_sampling(defaults, given, {}) == given  # a whole config replaces the defaults
+    assert resolve_sampling(defaults, given, {"top_k": 3, "top_p": None}) == given.replace(top_k=3)
+    with pytest.raises(TypeError, match=r"unexpected keyword argument\(s\) \['top_kk'\]"):
+        resolve_sampling(defaults, None, {"top_kk": 3})
+    with pytest.raises(TypeError, match="min_p"):  # a job that takes only some fields one by one
+        resolve_sampling(defaults, None, {"min_p": 0.1}, accepted=("temperature", "top_k", "top_p"))
+    with pytest.raises(TypeError, match="sampling must be a SamplingConfig"):
+        resolve_sampling(defaults, {"top_k": 3}, {})  # type: ignore[arg-type]

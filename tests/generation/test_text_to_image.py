@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from cogview.data.prepare import default_vocab
 from cogview.generation.sampling import SamplingConfig
 from cogview.generation.text_to_image import TextToImage, image_seed, prompt_kind, run_chunked
 from cogview.images import png_bytes
@@ -19,6 +18,7 @@ from cogview.pipeline import CogViewPipeline
 from cogview.serialization import CheckpointError, write_json
 from cogview.tokenizers.image import ImageTokenizer
 from cogview.tokenizers.text import TextTokenizer
+from cogview.tokenizers.vocab import default_vocab
 from cogview.tokenizers.vqvae import VQVAE, VQVAE_PRESETS
 
 SAMPLING = {
@@ -88,6 +88,24 @@ def test_chinese_and_english_prompts_take_their_kind_defaults(pipe: CogViewPipel
     assert zh.settings == SAMPLING["zh"] and en.settings == SAMPLING["default"]
     assert pipe.text_to_image.run("左边的红色圆形", 1, seed=0, top_k=5)[0].settings.top_k == 5
     assert prompt_kind("数字 7") == "zh" and prompt_kind("digit 7") == "en"
+
+
+def test_a_sampling_config_or_per_field_keywords_set_a_call(pipe: CogViewPipeline) -> None:
+    config = SamplingConfig(temperature=0.7, top_k=5, guidance_scale=1.5, min_p=0.1)
+    given = pipe.text_to_image.run(["左边的红色圆形", "a red circle"], 2, seed=1, sampling=config)
+    assert [r.settings for r in given] == [config, config]  # replaces every kind's defaults
+    fields = dict(temperature=0.7, top_k=5, top_p=0.0, guidance_scale=1.5, min_p=0.1)
+    spelled = pipe.text_to_image.run(["左边的红色圆形", "a red circle"], 2, seed=1, **fields)
+    assert all(
+        torch.equal(a.codes, b.codes) and a.settings == b.settings
+        for a, b in zip(given, spelled, strict=True)
+    )
+    images = pipe.generate("a red circle", 2, seed=1, sampling=config.replace(top_k=9), top_k=5)
+    assert png_bytes(images) == png_bytes(given[1].images)  # keywords apply on top of sampling=
+    with pytest.raises(TypeError):
+        pipe.generate("a red circle", 1, 5)  # everything after num_images is keyword-only
+    with pytest.raises(TypeError, match=r"unexpected keyword argument\(s\) \['temprature'\]"):
+        pipe.generate("a red circle", temprature=0.7)
 
 
 def test_empty_and_over_long_prompts(pipe: CogViewPipeline) -> None:
@@ -208,7 +226,7 @@ def test_from_components_reads_a_training_model_folder(parts, tmp_path: Path) ->
         "format": "cogview-transformer",
         "vocab": vocab.to_dict(),
         "text_tokenizer": {"fingerprint": text.fingerprint, "vocab_size": text.vocab_size},
-        "image_tokenizer": {"fingerprint": image.fingerprint(), "codebook_size": 32, "grid_size": 8},
+        "image_tokenizer": {"fingerprint": image.fingerprint, "codebook_size": 32, "grid_size": 8},
         "seq_len": 100,
         "tasks": ["text_to_image"],
     }

@@ -53,8 +53,8 @@ def test_config_is_frozen() -> None:
     ("kwargs", "fragment"),
     [
         ({"dim": 100, "n_heads": 3}, "dim=100 is not divisible by n_heads=3"),
-        ({"dim": 0}, "dim=0 must be a positive integer"),
-        ({"n_layers": 2.5}, "n_layers=2.5 must be a positive integer"),
+        ({"dim": 0}, "dim must be a positive integer, got 0"),
+        ({"n_layers": 2.5}, "n_layers must be a positive integer, got 2.5"),
         ({"ffn_dim": -4}, "ffn_dim=-4"),
         ({"dropout": 1.0}, "dropout=1.0 must be a probability"),
         ({"norm_eps": 0.0}, "norm_eps=0.0 must be > 0"),

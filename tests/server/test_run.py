@@ -135,7 +135,7 @@ def test_serve_help_and_bad_flags(capsys: pytest.CaptureFixture[str]) -> None:
     for part in ("--model", "--host", "--port", "--threads", "127.0.0.1", "/api/generate"):
         assert part in text
     assert main(["serve", "--threads", "0"]) == 2
-    assert "threads must be >= 1" in capsys.readouterr().err
+    assert "threads must be a positive integer, got 0" in capsys.readouterr().err
 
 
 def test_serve_without_the_server_extra_says_how_to_install_it(

@@ -43,7 +43,7 @@ def test_save_load_round_trip_gives_identical_codes(tokenizer: ImageTokenizer, t
     assert torch.equal(tokenizer.encode(pixels), loaded.encode(pixels))
     codes = tokenizer.encode(pixels)
     assert torch.equal(tokenizer.decode_pixels(codes), loaded.decode_pixels(codes))
-    assert tokenizer.fingerprint() == loaded.fingerprint()
+    assert tokenizer.fingerprint == loaded.fingerprint
 
 
 def test_truncated_weights_are_refused_clearly(tokenizer: ImageTokenizer, tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ from cogview.cli import main
 from cogview.data.prepare import prepare
 from cogview.data.shards import TokenShards
 from cogview.model import CogViewTransformer
+from cogview.serialization import MODEL_INFO_NAME
 from cogview.tokenizers.image import ImageTokenizer
 from cogview.tokenizers.text import TextTokenizer
 from cogview.tokenizers.vocab import Vocabulary
@@ -27,7 +28,6 @@ from cogview.tokenizers.vqvae import VQVAE, VQVAE_PRESETS
 from cogview.training import loop
 from cogview.training.batches import BatchSource, make_batch
 from cogview.training.checkpoint import (
-    MODEL_INFO_NAME,
     checkpoint_dirs,
     latest_checkpoint,
     load_state,
