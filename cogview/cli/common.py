@@ -30,12 +30,12 @@ def output_folder(path: str | os.PathLike) -> Path:
     return out
 
 
-def parse_overrides(pairs: list[str]) -> dict:
+def parse_overrides(pairs: list[str], flag: str = "--set") -> dict:
     """``key=value`` pairs; values are parsed as JSON when possible (numbers, lists, booleans)."""
     out: dict = {}
     for pair in pairs:
         if "=" not in pair:
-            raise ValueError(f"--set expects key=value, got {pair!r}")
+            raise ValueError(f"{flag} expects key=value, got {pair!r}")
         key, value = pair.split("=", 1)
         try:
             out[key] = json.loads(value)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import time
 
+from cogview.cli.common import parse_overrides
+
 
 def _names(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
@@ -34,6 +36,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         sr_window=args.sr_window,
         allow_outside=args.allow_outside,
+        dataset_options=parse_overrides(args.dataset_option, "--dataset-option"),
     )
     seconds = time.perf_counter() - started
     per_task = ", ".join(f"{t} {n}" for t, n in manifest["rows_per_task"].items())
@@ -114,6 +117,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="a folder dataset may read images outside its folder (paths with .., absolute paths, symlinks "
         "out); without it they are skipped and counted",
+    )
+    p.add_argument(
+        "--dataset-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a keyword argument for the dataset's loader, value parsed as JSON; repeatable "
+        "(e.g. all_templates=true: each emoji once per caption template)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_prepare)

@@ -14,7 +14,7 @@ import os
 import time
 import warnings
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -238,6 +238,7 @@ def prepare(
     progress: bool = True,
     sr_window: int = DEFAULT_SR_WINDOW,
     allow_outside: bool = False,
+    dataset_options: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Tokenise ``dataset`` ("shapes", "digits" or a folder) into token shards in ``out_dir``.
 
@@ -256,6 +257,8 @@ def prepare(
             resizes its image at 2x size too and gives one window row per caption language.
         allow_outside: a folder dataset may read images outside its folder (``..``, absolute
             paths, symlinks out); by default they are skipped and counted.
+        dataset_options: more keyword arguments for the dataset's loader (e.g. ``all_templates``
+            for emoji); recorded in the manifest's settings, so a resume with others is refused.
 
     Returns:
         The manifest, also written to ``out_dir/manifest.json``.
@@ -298,12 +301,14 @@ def prepare(
         "text_tokenizer": text_fp,
         "image_tokenizer": image_fp,
     }
+    if dataset_options:
+        settings["dataset_options"] = dict(sorted(dataset_options.items()))
     if "super_resolution" in tasks:
         settings["sr_window"] = sr_window
 
     started = time.perf_counter()
     # Loaded before touching out_dir, so that a wrong name or split leaves no folder behind.
-    options = {"allow_outside": True} if allow_outside else {}
+    options = {**(dataset_options or {}), **({"allow_outside": True} if allow_outside else {})}
     ds = datasets.load(dataset, split, size=image_tokenizer.image_size, **options)
     high_res = None
     if "super_resolution" in tasks:

@@ -283,14 +283,14 @@ class EmojiDataset(ExampleSequence):
         self.split = split
         self.size = check_size(size)
         self.seed = seed
-        self.items = tuple(info for info in emoji_table() if emoji_split(info) == split)
+        self.infos = tuple(info for info in emoji_table() if emoji_split(info) == split)
         self.per_emoji = len(ZH_TEMPLATES) if all_templates else 1
 
     def __len__(self) -> int:
-        return len(self.items) * self.per_emoji
+        return len(self.infos) * self.per_emoji
 
     def _example(self, index: int) -> Example:
-        info = self.items[index // self.per_emoji]
+        info = self.infos[index // self.per_emoji]
         if self.per_emoji > 1:
             zh = caption(info.emoji, "zh", index % self.per_emoji)
             en = caption(info.emoji, "en", index % self.per_emoji)

@@ -72,3 +72,19 @@ def test_prepare_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     ]
     assert main(typo) == 2
     assert "unknown dataset 'shapez'" in capsys.readouterr().err and not (tmp_path / "typo").exists()
+
+
+def test_dataset_options_reach_the_loader_and_the_manifest(tmp_path, capsys) -> None:
+    import json
+
+    from cogview.cli import main
+
+    out = tmp_path / "emoji"
+    argv = ["prepare", "--dataset", "emoji", "--split", "test", "--out", str(out), "--max-examples", "8",
+            "--dataset-option", "all_templates=true", "--no-progress"]
+    assert main(argv) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["settings"]["dataset_options"] == {"all_templates": True}
+    assert manifest["examples"]["total"] == 8
+    assert main([*argv[:-3], "--dataset-option", "nonsense", "--no-progress"]) == 2
+    assert "--dataset-option expects key=value" in capsys.readouterr().err

@@ -44,14 +44,14 @@ def test_counts_and_kinds() -> None:
 
 def test_split_is_a_quarter_of_tone_variants_and_deterministic() -> None:
     train, test = load("emoji", "train"), load("emoji", "test")
-    train_set = {i.emoji for i in train.items}
-    test_set = {i.emoji for i in test.items}
+    train_set = {i.emoji for i in train.infos}
+    test_set = {i.emoji for i in test.infos}
     assert not train_set & test_set and len(train_set | test_set) == len(emoji.emoji_table())
-    assert all(i.tone is not None for i in test.items)
+    assert all(i.tone is not None for i in test.infos)
     n_toned = sum(i.tone is not None for i in emoji.emoji_table())
     assert abs(len(test) - n_toned / 4) < 0.05 * n_toned
-    assert {i.base for i in test.items} <= train_set
-    assert [i.emoji for i in load("emoji", "test").items] == [i.emoji for i in test.items]
+    assert {i.base for i in test.infos} <= train_set
+    assert [i.emoji for i in load("emoji", "test").infos] == [i.emoji for i in test.infos]
     if MEASURED_RELEASES:
         assert (len(train), len(test)) == (3461, 483)
     with pytest.raises(ValueError, match="split"):
