@@ -4,7 +4,9 @@ Run:  .venv/bin/python benchmarks/alignment.py [--model PATH] [--prompts 40] [--
 For each bundled dataset (shapes, digits) and language (zh, en), canonical prompts from the test
 attributes are sampled with fixed seeds, and the project's checkers judge every image (shapes:
 colour, shape, background and position all right; digits: the classifier reads the prompted
-digit). Prints a table, writes benchmarks/results/alignment.json and a PNG grid per setting.
+digit; emoji-train / emoji-test: the nearest OpenMoji render is the asked emoji / its base and
+skin tone). Prints a table, writes benchmarks/results/NAME.json and a PNG grid per setting.
+A training run's transformer is measured with --transformer RUN/model and its tokenizers.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from cogview.datasets.checkers import DigitClassifier
+from cogview.datasets.checkers import DigitClassifier, EmojiChecker
 from cogview.evaluation.alignment import evaluate_alignment, headline, summary_row
 from cogview.images import make_grid
 from cogview.pipeline import CogViewPipeline
@@ -27,6 +29,14 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--model", default=None, help="model folder (default: the shipped one)")
+    parser.add_argument(
+        "--transformer", default=None, help="instead of --model: a training run's RUN/model folder"
+    )
+    parser.add_argument("--image-tokenizer", default=None, help="with --transformer: its image tokenizer")
+    parser.add_argument("--text-tokenizer", default=None, help="with --transformer: its text tokenizer")
+    parser.add_argument(
+        "--emoji-pool", type=int, default=None, help="emoji-*: draw prompts from the first N emoji only"
+    )
     parser.add_argument("--prompts", type=int, default=40, help="distinct prompts per dataset and language")
     parser.add_argument("--per-prompt", type=int, default=5, help="images per prompt (seeds seed+k)")
     parser.add_argument("--guidance", default="1,3", help="comma-separated guidance scales to compare")
@@ -50,13 +60,20 @@ def main() -> None:
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    pipe = CogViewPipeline.from_pretrained(args.model)
+    if args.transformer:
+        pipe = CogViewPipeline.from_components(
+            args.transformer, text_tokenizer=args.text_tokenizer, image_tokenizer=args.image_tokenizer
+        )
+    else:
+        pipe = CogViewPipeline.from_pretrained(args.model)
+    datasets = args.datasets.split(",")
     classifier = DigitClassifier.fit_default(size=pipe.image_tokenizer.image_size)
+    emoji_checker = EmojiChecker.build() if any(d.startswith("emoji") for d in datasets) else None
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     started = time.perf_counter()
-    for dataset in args.datasets.split(","):
+    for dataset in datasets:
         for lang in args.langs.split(","):
             settings = [
                 (float(s), int(c), m)
@@ -79,6 +96,8 @@ def main() -> None:
                     seed=args.seed,
                     guidance_scale=scale,
                     classifier=classifier,
+                    emoji_checker=emoji_checker,
+                    emoji_pool=args.emoji_pool,
                     candidates=candidates,
                     **extra,
                 )
@@ -98,7 +117,7 @@ def main() -> None:
         + " ".join(
             f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v is not None and k != "out"
         ),
-        "model": args.model or "shipped default",
+        "model": args.transformer or args.model or "shipped default",
         "seconds": time.perf_counter() - started,
         "rows": rows,
     }

@@ -14,10 +14,27 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from cogview.datasets import checkers, digits, shapes
+from cogview.datasets.base import stable_int
+
+EMOJI_SETS = ("emoji-train", "emoji-test")
 
 
-def alignment_prompts(dataset: str, lang: str, n_prompts: int) -> list[tuple[str, dict[str, Any]]]:
-    """``n_prompts`` canonical prompts with the attributes an aligned image must show."""
+def alignment_prompts(
+    dataset: str, lang: str, n_prompts: int, emoji_pool: int | None = None
+) -> list[tuple[str, dict[str, Any]]]:
+    """``n_prompts`` canonical prompts with the attributes an aligned image must show.
+
+    emoji-train: the bare names of train emoji (recall), emoji-test: of the held-out skin-tone
+    variants (composition), each a seeded random draw; ``emoji_pool`` limits the draw to the
+    first emoji of the split (a model trained on a subset).
+    """
+    if dataset in EMOJI_SETS:
+        from cogview.datasets import emoji
+
+        split = dataset.removeprefix("emoji-")
+        infos = list(emoji.load(split).infos)[:emoji_pool]
+        infos.sort(key=lambda info: stable_int("cogview-emoji-alignment", info.emoji))
+        return [(emoji.canonical_caption(i.emoji, lang), i.attributes) for i in infos[:n_prompts]]
     if dataset == "shapes":
         test = shapes.load("test")
         seen: dict[str, dict[str, Any]] = {}
@@ -30,7 +47,9 @@ def alignment_prompts(dataset: str, lang: str, n_prompts: int) -> list[tuple[str
         return list(seen.items())
     if dataset == "digits":
         return [(digits.canonical_caption(i % 10, lang), {"digit": i % 10}) for i in range(n_prompts)]
-    raise ValueError(f"alignment is defined for the bundled 'shapes' and 'digits', not {dataset!r}")
+    raise ValueError(
+        f"alignment is defined for 'shapes', 'digits' and {' and '.join(map(repr, EMOJI_SETS))}, not {dataset!r}"
+    )
 
 
 def evaluate_alignment(
@@ -43,6 +62,8 @@ def evaluate_alignment(
     seed: int = 0,
     guidance_scale: float | None = None,
     classifier: checkers.DigitClassifier | None = None,
+    emoji_checker: checkers.EmojiChecker | None = None,
+    emoji_pool: int | None = None,
     progress: bool = True,
     **sampling: Any,
 ) -> dict[str, Any]:
@@ -51,9 +72,11 @@ def evaluate_alignment(
     Seeds are ``seed + prompt index``, so two settings (e.g. with and without guidance) see the
     same random streams. Returns accuracies per field and the images (for grids).
     """
-    prompts = alignment_prompts(dataset, lang, n_prompts)
+    prompts = alignment_prompts(dataset, lang, n_prompts, emoji_pool)
     if dataset == "digits" and classifier is None:
         classifier = checkers.DigitClassifier.fit_default(size=pipe.image_tokenizer.image_size)
+    if dataset in EMOJI_SETS and emoji_checker is None:
+        emoji_checker = checkers.EmojiChecker.build()
     hits: dict[str, int] = {}
     images_out = []
     started = time.perf_counter()
@@ -66,6 +89,11 @@ def evaluate_alignment(
             for im in images:
                 for field, ok in checkers.check_shapes(im, attrs).items():
                     hits[field] = hits.get(field, 0) + int(ok)
+        elif dataset in EMOJI_SETS:
+            for r in emoji_checker.check(images, [attrs["emoji"]] * len(images)):
+                for field in ("emoji", "base", "tone"):
+                    hits[field] = hits.get(field, 0) + int(r[field])
+                hits["base_and_tone"] = hits.get("base_and_tone", 0) + int(r["base"] and r["tone"])
         else:
             predicted = classifier.predict(images)
             hits["digit"] = hits.get("digit", 0) + sum(p == attrs["digit"] for p in predicted)
@@ -87,9 +115,11 @@ def summary_row(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def headline(result: dict[str, Any]) -> float:
-    """The single number the issue asks for: all shapes fields right, or the digit right."""
+    """The single number the issues ask for: all shapes fields right, the digit right, the emoji
+    recalled (train) or its base and tone right (held-out tone variants)."""
     acc = result["accuracy"]
-    return acc["all"] if result["dataset"] == "shapes" else acc["digit"]
+    key = {"shapes": "all", "digits": "digit", "emoji-train": "emoji", "emoji-test": "base_and_tone"}
+    return acc[key[result["dataset"]]]
 
 
 __all__: Sequence[str] = ["alignment_prompts", "evaluate_alignment", "headline", "summary_row"]
