@@ -62,6 +62,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         max_batch_size=args.max_batch_size,
         dtype=args.dtype,
         progress=not args.no_progress,
+        compile=args.compile,
         **sampling_overrides(args),
     )
     records: list[dict[str, Any]] = []
@@ -89,6 +90,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         "upscale": args.upscale,
         "max_batch_size": args.max_batch_size,
         "dtype": str(pipe.text_to_image.resolved_dtype(args.dtype)).removeprefix("torch."),
+        "compile": args.compile,
         "device": str(pipe.transformer.tok_embeddings.weight.device),
         "torch": torch.__version__,
         "prompts": records,
@@ -153,6 +155,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="upscale each kept image 2x in token space (needs a super-resolution model)",
     )
     p.add_argument("--device", help="torch device, e.g. cpu or cuda (default: cpu)")
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="decode with a fixed-shape step: captured in CUDA graphs on a GPU, torch.compile elsewhere "
+        "(tens of seconds to compile per batch size, and measured no faster on a CPU; off by default)",
+    )
     p.add_argument(
         "--grid-scale",
         type=int,

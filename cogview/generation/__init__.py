@@ -5,7 +5,7 @@ the autoregressive loop, :mod:`~cogview.generation.text_to_image` the text-to-im
 :class:`cogview.pipeline.CogViewPipeline` exposes as ``generate``.
 """
 
-from cogview.generation.decode import PromptState, decode_one_token, prefill, sample_tokens
+from cogview.generation.decode import Hooks, PromptState, Rows, decode, prefill, sample_tokens
 from cogview.generation.sampling import (
     SamplingConfig,
     apply_temperature,
@@ -19,13 +19,15 @@ from cogview.generation.sampling import (
 from cogview.generation.text_to_image import PromptResult, TextToImage
 
 __all__ = [
+    "Hooks",
     "PromptResult",
     "PromptState",
+    "Rows",
     "SamplingConfig",
     "TextToImage",
     "apply_temperature",
     "cfg_combine",
-    "decode_one_token",
+    "decode",
     "prefill",
     "process_logits",
     "resolve_sampling",

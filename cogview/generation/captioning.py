@@ -22,13 +22,11 @@ from PIL import Image
 from cogview.checks import check_seed, check_text, positive_int
 from cogview.generation.batching import image_seed, image_uniforms, progress_bar, resolve_dtype, run_chunked
 from cogview.generation.components import Components
-from cogview.generation.decode import decode_one_token
+from cogview.generation.decode import Hooks, as_rows, decode, prefill
 from cogview.generation.sampling import (
     UNGUIDED_OVERRIDES,
     SamplingConfig,
-    process_logits,
     resolve_sampling,
-    sample_from_uniform,
 )
 from cogview.language import LANGUAGES
 from cogview.model import CogViewTransformer
@@ -182,29 +180,20 @@ class Captioner(Components):
         settings: SamplingConfig,
         allowed: torch.Tensor,
     ) -> list[str]:
+        """Captions of prefix ``rows`` ``[n, P]``: one engine call, ids to the host once."""
         n, steps = uniforms.shape
         eot = self.vocab.token_id("[PAD]") if self.end is None else self.end  # never sampled without [EOT]
-        L = rows.shape[1]  # every row has the same length: one batched prefill
-        cache = model.new_cache(n, max_len=L + steps - 1, device=self.device)
-        logits = model(rows.to(self.device), torch.arange(L, device=self.device), cache, kv_len=L)[:, -1]
-        allowed = allowed.to(self.device)
-        no_end = allowed.clone()
+        first = allowed.clone()
         if self.end is not None:
-            no_end[eot] = False  # a caption has at least one piece
-        out = torch.full((n, steps), eot, dtype=torch.long)  # [n, steps]
-        finished = torch.zeros(n, dtype=torch.bool)
-        for i in range(steps):
-            mask = no_end if i == 0 else allowed
-            logits = process_logits(logits.masked_fill(~mask, float("-inf")), settings)  # [n, V]
-            ids = sample_from_uniform(logits, uniforms[:, i]).cpu()  # [n]
-            out[:, i] = torch.where(finished, eot, ids)
-            finished |= ids == eot
-            if bool(finished.all()) or i + 1 == steps:
-                break
-            position = torch.tensor([L + i], device=self.device)
-            logits = decode_one_token(model, out[:, i].to(self.device), position, cache, kv_len=L + i + 1)
+            first[eot] = False  # a caption has at least one piece
+        # Every row has the same length: one batched prefill, each row its own sample.
+        state = prefill(model, rows, steps)
+        hooks = Hooks(allowed=allowed, first_allowed=first, stop_id=self.end)
+        out = torch.full((n, steps), eot, dtype=torch.long, device=state.last_logits.device)  # [n, steps]
+        for i, ids in enumerate(decode(model, as_rows(state), uniforms, settings, hooks)):
+            out[:, i] = ids
         texts = []
-        for row in out.tolist():
+        for row in out.tolist():  # the one copy to the host
             text = row[: row.index(eot)] if eot in row else row
             texts.append(self.text_tokenizer.decode_unified(text, self.vocab).strip())
         return texts

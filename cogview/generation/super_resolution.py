@@ -24,13 +24,8 @@ from cogview.data import sequences
 from cogview.data.windows import Window, magnify_windows
 from cogview.generation.batching import image_seed, image_uniforms, progress_bar, run_chunked
 from cogview.generation.components import Components
-from cogview.generation.sampling import (
-    UNGUIDED_OVERRIDES,
-    SamplingConfig,
-    process_logits,
-    resolve_sampling,
-    sample_from_uniform,
-)
+from cogview.generation.decode import Hooks, SlotInputs, as_rows, decode, prefill
+from cogview.generation.sampling import UNGUIDED_OVERRIDES, SamplingConfig, resolve_sampling
 from cogview.images import check_image_size, resize_center_crop
 from cogview.model import CogViewTransformer
 from cogview.tokenizers.image import ImageTokenizer
@@ -246,42 +241,17 @@ class SuperResolution(Components):
         """Codes ``[n, s, s]`` of one 2x window: known ones kept, the others sampled in raster order."""
         n, s = low_crop.shape[0], 2 * self.window
         inputs = self._prefix(text, low_crop)
-        P, dev = inputs.tokens.shape[1], self.device
-        positions = inputs.positions.to(dev)
-        uniforms = uniforms.to(dev)
-        model = self.transformer
-        cells = inputs.cells.to(dev) if model.config.cell_embeddings else None  # [P + s*s]
-        sources = inputs.sources.to(dev) if model.config.cell_sources else None  # [n, P + s*s, 9]
-
-        def extras(span: slice) -> dict[str, torch.Tensor | None]:
-            return {
-                "cells": None if cells is None else cells[span],
-                "sources": None if sources is None else sources[:, span],
-            }
-
-        slots = torch.arange(P + s * s, device=dev)
-        cache = model.new_cache(n, max_len=P + s * s - 1, device=dev)
-        head = slice(0, P)
-        logits = model(inputs.tokens.to(dev), positions[head], cache, slots[head], kv_len=P, **extras(head))[
-            :, -1
-        ]  # [n, V]
+        config = self.transformer.config
+        slot_inputs = SlotInputs(
+            positions=inputs.positions,
+            cells=inputs.cells if config.cell_embeddings else None,
+            sources=inputs.sources if config.cell_sources else None,
+        )
         image = self.vocab.image_range
-        flat_known = known.reshape(-1)
-        out = current.reshape(n, -1).clone()  # [n, s*s] raw codes
-        t = 0
-        while t < s * s:
-            if flat_known[t]:  # feed the run of known codes t .. e-1 in one pass
-                e = t
-                while e < s * s and flat_known[e]:
-                    e += 1
-            else:
-                ids = process_logits(logits[:, image.start : image.stop], settings)  # [n, K]
-                out[:, t] = sample_from_uniform(ids, uniforms[:, t]).cpu()
-                e = t + 1
-            if e >= s * s:
-                break
-            feed = out[:, t:e].to(dev) + image.start  # [n, e - t]
-            span = slice(P + t, P + e)
-            logits = model(feed, positions[span], cache, slots[span], kv_len=P + e, **extras(span))[:, -1]
-            t = e
-        return out.view(n, s, s)
+        state = prefill(self.transformer, inputs.tokens, s * s, inputs=slot_inputs)
+        # Codes of earlier windows are forced (fed, not sampled); the others are sampled in raster order.
+        hooks = Hooks(allowed=image, forced=current.reshape(n, -1) + image.start, forced_steps=known.reshape(-1))
+        out = torch.empty(n, s * s, dtype=torch.long, device=state.last_logits.device)  # [n, s*s]
+        for t, ids in enumerate(decode(self.transformer, as_rows(state), uniforms, settings, hooks)):
+            out[:, t] = ids
+        return (out - image.start).cpu().view(n, s, s)

@@ -33,7 +33,7 @@ from cogview.generation.batching import (
     run_chunked,
 )
 from cogview.generation.components import Components
-from cogview.generation.decode import PromptState, prefill, sample_tokens
+from cogview.generation.decode import DecodeStep, PromptState, prefill, sample_tokens
 from cogview.generation.sampling import SamplingConfig, resolve_sampling
 from cogview.language import text_language
 from cogview.model import CogViewTransformer
@@ -109,6 +109,10 @@ class TextToImage(Components):
             ``"default"`` entry for the other kinds.
     """
 
+    # torch.compile backend of compile=True off CUDA ("aot_eager" traces the same full graph
+    # without generating code: the tests use it, as inductor takes minutes on a small CPU).
+    compile_backend: str = "inductor"
+
     def __init__(
         self,
         transformer: CogViewTransformer,
@@ -134,6 +138,7 @@ class TextToImage(Components):
         if "default" not in self.sampling:
             raise ValueError(f"sampling defaults need a 'default' entry, got kinds {sorted(self.sampling)}")
         self._models: dict[torch.dtype, CogViewTransformer] = {}
+        self._compiled: dict[torch.dtype, DecodeStep] = {}
 
     @property
     def num_tokens(self) -> int:
@@ -209,13 +214,16 @@ class TextToImage(Components):
         max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
         dtype: torch.dtype | str | None = None,
         progress: bool = False,
+        compile: bool = False,
         **overrides: Any,
     ) -> list[PromptResult]:
         """Generate ``num_images`` per prompt.
 
         Settings: ``sampling`` for every prompt, else the defaults of each prompt's kind, with the
         per-field ``overrides`` (``temperature``, ``top_k``, ``top_p``, ``guidance_scale``,
-        ``min_p``) applied where not None.
+        ``min_p``) applied where not None. ``compile=True`` decodes with a fixed-shape step: captured
+        in CUDA graphs on a GPU, else wrapped in ``torch.compile`` (batches padded to
+        :data:`~cogview.generation.step.BATCH_BUCKETS`; the first call per bucket compiles).
 
         Randomness: image i of a prompt samples from its own stream, seeded by :func:`image_seed`
         ``(seed, i)``, so the same prompt, seed and settings give the same images whatever the
@@ -237,12 +245,13 @@ class TextToImage(Components):
             (p, *self.prompt_tokens(p), self.settings_for(p, sampling, **overrides)) for p in prompt_list
         ]
         model = self.model_in(compute_dtype)
+        step = self.step_for(model, compile)
         results = []
         bar = progress_bar(progress, len(prompt_list) * num_images * self.num_tokens)
         try:
             for prompt, tokens, truncated, settings in encoded:
                 seeds = [image_seed(seed, i) for i in range(num_images)]
-                codes = self._codes(model, tokens, settings, seeds, max_batch_size, bar)  # [N, h, w]
+                codes = self._codes(model, step, tokens, settings, seeds, max_batch_size, bar)  # [N, h, w]
                 images = self._images(codes, max_batch_size)
                 results.append(
                     PromptResult(
@@ -266,9 +275,26 @@ class TextToImage(Components):
         """Images of all prompts, ``num_images`` each, in prompt order (see :meth:`run`)."""
         return [im for r in self.run(prompts, num_images, **kwargs) for im in r.images]
 
+    def step_for(self, model: CogViewTransformer, compile: bool) -> DecodeStep:
+        """The decode step for ``model``: eager, or compiled once and kept (graphs are reused).
+
+        Compiled means captured in CUDA graphs on a GPU (one launch per step, no code generation),
+        ``torch.compile(fullgraph=True)`` elsewhere.
+        """
+        if not compile:
+            return DecodeStep(model)
+        key = model.tok_embeddings.weight.dtype
+        if key not in self._compiled:
+            cuda = model.tok_embeddings.weight.device.type == "cuda"
+            self._compiled[key] = DecodeStep(
+                model, cuda_graph=cuda, compile=not cuda, backend=self.compile_backend
+            )
+        return self._compiled[key]
+
     def _codes(
         self,
         model: CogViewTransformer,
+        step: DecodeStep,
         tokens: torch.Tensor,
         settings: SamplingConfig,
         seeds: list[int],
@@ -282,7 +308,7 @@ class TextToImage(Components):
         uniforms = image_uniforms(seeds, steps)  # [N, steps]
 
         def run(start: int, size: int) -> torch.Tensor:
-            return self._decode_chunk(model, state, uniforms[start : start + size], settings, bar)
+            return self._decode_chunk(model, step, state, uniforms[start : start + size], settings, bar)
 
         g = self.image_tokenizer.grid_size
         codes = torch.cat(run_chunked(len(seeds), max_batch_size, run))  # [N, steps]
@@ -297,6 +323,7 @@ class TextToImage(Components):
     def _decode_chunk(
         self,
         model: CogViewTransformer,
+        step: DecodeStep,
         state: PromptState,
         uniforms: torch.Tensor,
         settings: SamplingConfig,
@@ -305,7 +332,7 @@ class TextToImage(Components):
         out = torch.empty(uniforms.shape, dtype=torch.long, device=state.last_logits.device)  # [n, steps]
         done = 0
         try:
-            for i, ids in enumerate(sample_tokens(model, state, uniforms, settings, self.vocab.image_range)):
+            for i, ids in enumerate(sample_tokens(model, state, uniforms, settings, self.vocab.image_range, step)):
                 out[:, i] = ids  # image codes are ids [0, image_size): no offset to remove
                 done += 1
                 if bar is not None:

@@ -1,4 +1,5 @@
-"""The decode loop: cached decoding equals uncached recomputation, guidance rows, per-row streams."""
+"""The decoding engine: cached decoding equals uncached recomputation, guidance rows, per-row streams,
+hooks (forced tokens, stopping, masks) and the fixed-shape (compiled) step."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import pytest
 import torch
 
 from cogview.generation.batching import image_uniforms
-from cogview.generation.decode import prefill, sample_tokens
+from cogview.generation.decode import DecodeStep, Hooks, as_rows, decode, prefill, sample_tokens
 from cogview.generation.sampling import SamplingConfig, cfg_combine
 from cogview.model import PRESETS, CogViewTransformer
 
@@ -181,3 +182,98 @@ def test_clear_errors(model: CogViewTransformer) -> None:
     ):
         with pytest.raises(ValueError, match=message):
             next(sample_tokens(model, state, u, SamplingConfig(), bad))
+
+
+def _greedy_reference(model: CogViewTransformer, prompt: torch.Tensor, out: torch.Tensor, allowed: torch.Tensor) -> list[int]:
+    """Argmax over the allowed ids of an uncached forward after each prefix of ``out``."""
+    ids = []
+    for t in range(len(out)):
+        logits = model(torch.cat([prompt, out[:t]])[None], torch.arange(len(prompt) + t))[0, -1]
+        ids.append(int(logits.masked_fill(~allowed, float("-inf")).argmax()))
+    return ids
+
+
+@torch.no_grad()
+def test_forced_runs_are_fed_and_the_rest_is_greedy(model: CogViewTransformer) -> None:
+    steps = 10
+    forced_steps = torch.tensor([True, True, False, False, True, False, True, True, True, False])
+    forced = torch.randint(0, 100, (2, steps), generator=torch.Generator().manual_seed(4))
+    prompts = torch.stack([PROMPT, PROMPT.flip(0)])  # two rows, each its own sample
+    hooks = Hooks(allowed=ALLOWED, forced=forced, forced_steps=forced_steps)
+    state = prefill(model, prompts, steps)
+    out = torch.stack(list(decode(model, as_rows(state), torch.rand(2, steps), SamplingConfig(top_k=1), hooks)), 1)
+    assert torch.equal(out[:, forced_steps], forced[:, forced_steps])
+    mask = torch.zeros(512, dtype=torch.bool)
+    mask[:100] = True
+    for r in range(2):
+        reference = torch.tensor(_greedy_reference(model, prompts[r], out[r], mask))
+        assert torch.equal(out[r, ~forced_steps], reference[~forced_steps])
+
+
+@torch.no_grad()
+def test_stopped_rows_repeat_the_stop_id_and_the_loop_ends_early(model: CogViewTransformer) -> None:
+    steps, stop = 20, 7
+    uniforms = torch.rand(4, steps, generator=torch.Generator().manual_seed(2))
+    allowed = torch.zeros(512, dtype=torch.bool)
+    allowed[[stop, 8, 9, 10]] = True
+    first = allowed.clone()
+    first[stop] = False
+
+    def run(every: int) -> torch.Tensor:
+        hooks = Hooks(allowed=allowed, first_allowed=first, stop_id=stop, stop_check_every=every)
+        state = prefill(model, PROMPT[None].expand(4, -1), steps)
+        return torch.stack(list(decode(model, as_rows(state), uniforms, SamplingConfig(), hooks)), 1)
+
+    full = run(every=steps + 1)  # never checked: all steps
+    assert full.shape == (4, steps) and (full[:, 0] != stop).all()
+    for row in full.tolist():
+        if stop in row:
+            assert set(row[row.index(stop) :]) == {stop}
+    assert (full == stop).any(dim=1).all(), "every row should stop within 20 steps with 4 allowed ids"
+    early = run(every=2)
+    assert early.shape[1] < steps and torch.equal(early, full[:, : early.shape[1]])
+    assert (early[:, -1] == stop).all()
+
+
+def test_static_and_compiled_steps_give_the_eager_tokens(model: CogViewTransformer) -> None:
+    # The fixed-shape step reads the whole cache under a slot mask; compiled with fullgraph=True
+    # (aot_eager: the same graph capture as inductor, without minutes of code generation on a CPU),
+    # on a batch of 3 padded to the bucket of 4, with guidance rows of different prompt lengths.
+    uniforms = torch.rand(3, 12, generator=torch.Generator().manual_seed(6))
+    config = SamplingConfig(temperature=0.8, top_k=20, guidance_scale=2.0, min_p=0.05)
+
+    def run(step: DecodeStep | None) -> torch.Tensor:
+        state = prefill(model, [PROMPT, UNCOND], 12)
+        return torch.stack(list(sample_tokens(model, state, uniforms, config, ALLOWED, step)), 1)
+
+    eager = run(None)
+    assert torch.equal(run(DecodeStep(model, static=True)), eager)
+    compiled = DecodeStep(model, compile=True, backend="aot_eager")
+    assert torch.equal(run(compiled), eager)
+    assert torch.equal(run(compiled)[1:2], run(None)[1:2])  # graphs are reused
+
+
+def test_hook_errors_are_clear(model: CogViewTransformer) -> None:
+    state = prefill(model, torch.stack([PROMPT, PROMPT]), 4)
+    u, mask = torch.rand(2, 4), torch.ones(512, dtype=torch.bool)
+    cases = [
+        (Hooks(allowed=ALLOWED, first_allowed=mask), "first_allowed"),
+        (Hooks(allowed=mask, forced_steps=torch.ones(4, dtype=torch.bool)), "forced ids"),
+        (Hooks(allowed=mask, forced=torch.zeros(2, 4, dtype=torch.long), forced_steps=torch.ones(2, dtype=torch.bool)), "forced ids"),
+    ]
+    for hooks, message in cases:
+        with pytest.raises(ValueError, match=message):
+            next(decode(model, as_rows(state), u, SamplingConfig(), hooks))
+    with pytest.raises(ValueError, match="uniforms"):
+        next(decode(model, as_rows(state), torch.rand(3, 4), SamplingConfig(), Hooks(allowed=ALLOWED)))
+    with pytest.raises(ValueError, match="steps"):
+        next(decode(model, as_rows(state), torch.rand(2, 5), SamplingConfig(), Hooks(allowed=ALLOWED)))
+
+
+def test_batch_buckets_and_cuda_graphs_need_a_gpu(model: CogViewTransformer) -> None:
+    from cogview.generation.step import BATCH_BUCKETS, bucket
+
+    assert [bucket(n) for n in (1, 3, 4, 5, 17, 128, 129)] == [1, 4, 4, 8, 32, 128, 129]
+    assert list(BATCH_BUCKETS) == sorted(BATCH_BUCKETS)
+    with pytest.raises(ValueError, match="CUDA"):
+        DecodeStep(model, cuda_graph=True)  # the CUDA-graph path itself needs a GPU run (benchmarks/gpu_decode.py)

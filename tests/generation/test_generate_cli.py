@@ -11,6 +11,7 @@ import torch
 
 from cogview.cli import main
 from cogview.generation.sampling import SamplingConfig
+from cogview.generation.text_to_image import TextToImage
 from cogview.model import PRESETS, CogViewTransformer
 from cogview.pipeline import CogViewPipeline
 from cogview.tokenizers.image import ImageTokenizer
@@ -61,6 +62,23 @@ def test_generate_end_to_end_and_byte_identical_reruns(
     )
     for name in names:
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+
+
+def test_compile_flag_gives_the_same_png_bytes(
+    model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # --compile: a fixed-shape step under torch.compile(fullgraph=True), 3 images padded to a
+    # batch bucket of 4. aot_eager captures the same graph as inductor without minutes of codegen.
+    monkeypatch.setattr(TextToImage, "compile_backend", "aot_eager")
+    args = ["generate", "a red circle", "-n", "3", "--seed", "5", "--model", str(model_dir), "--no-progress"]
+    assert main([*args, "--out", str(tmp_path / "eager")]) == 0
+    assert main([*args, "--out", str(tmp_path / "compiled"), "--compile"]) == 0
+    report = json.loads((tmp_path / "compiled" / "generate.json").read_text(encoding="utf-8"))
+    assert report["compile"] is True
+    names = sorted(p.name for p in (tmp_path / "eager").glob("*.png"))
+    assert len(names) == 4
+    for name in names:
+        assert (tmp_path / "eager" / name).read_bytes() == (tmp_path / "compiled" / name).read_bytes(), name
 
 
 def test_clear_errors(model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

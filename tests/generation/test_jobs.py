@@ -109,6 +109,29 @@ def test_caption_stops_at_end_token(pipe: CogViewPipeline, images) -> None:
     assert len(pipe.text_tokenizer.encode(captions[0])) == 1
 
 
+def test_greedy_captions_equal_the_argmax_of_a_full_forward(pipe: CogViewPipeline, images) -> None:
+    """The engine's caption (allowed-id mask, no [EOT] first, stop at [EOT]) token by token."""
+    cap, v = pipe.captioner, pipe.vocab
+    eot = v.token_id("[EOT]")
+    allowed = cap.allowed("en")
+    captions = cap.caption(images, "en", max_tokens=7)
+    for image, caption in zip(images, captions, strict=True):
+        seq = cap.prefix(cap.codes([image]))[0]
+        P, ids = len(seq), []
+        with torch.no_grad():
+            for t in range(7):
+                logits = cap.transformer(seq[None], torch.arange(len(seq)))[0, -1]
+                mask = allowed.clone()
+                mask[eot] = t > 0
+                nxt = int(logits.masked_fill(~mask, float("-inf")).argmax())
+                if nxt == eot:
+                    break
+                ids.append(nxt)
+                seq = torch.cat([seq, torch.tensor([nxt])])
+        assert len(seq) - P == len(ids)
+        assert caption == pipe.text_tokenizer.decode_unified(ids, v).strip()
+
+
 def test_scores_equal_a_full_forward_with_image_logits_masked(pipe: CogViewPipeline, images) -> None:
     cap, v = pipe.captioner, pipe.vocab
     prompts = ["a red circle", "蓝色背景上左边有一个红色圆形", "7"]

@@ -82,3 +82,14 @@ def test_select_keeps_the_given_rows() -> None:
 def test_invalid_shape_is_refused() -> None:
     with pytest.raises(ValueError, match="max_len=0"):
         KVCache(1, 1, 1, 0, 2)
+
+
+def test_the_compile_friendly_update_writes_what_update_writes() -> None:
+    g = torch.Generator().manual_seed(0)
+    for slots in (torch.tensor([3, 4]), torch.tensor([[1, 2], [5, 6], [0, 7]])):
+        a, b = KVCache(2, 3, 2, 8, 4), KVCache(2, 3, 2, 8, 4)
+        k, v = torch.randn(3, 2, 2, 4, generator=g), torch.randn(3, 2, 2, 4, generator=g)
+        ka, va = a.update(1, slots, k, v)
+        kb, vb = b._update_in_place(1, slots, k, v)
+        assert torch.equal(a.k, b.k) and torch.equal(a.v, b.v)
+        assert torch.equal(ka, kb) and torch.equal(va, vb)
