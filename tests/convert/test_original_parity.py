@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import ORIGINAL_TOKENIZER, OriginalFiles, make_original_files
 from original_files import reference_decode, reference_encode, reference_logits
-from required import skip_or_fail
+from required import require_reference
 
 from cogview.convert import convert_original, safe_torch_load, transformer_from_original, vqvae_from_original
 from cogview.pipeline import CogViewPipeline
@@ -60,8 +60,7 @@ def test_vqvae_module_prefix_is_stripped(original: OriginalFiles) -> None:
 
 
 def test_original_tokenizer_gives_the_original_unified_ids(tmp_path: Path) -> None:
-    if not ORIGINAL_TOKENIZER.is_file():
-        skip_or_fail(f"original CogView tokenizer not found at {ORIGINAL_TOKENIZER} (reference data folder absent)")
+    require_reference(ORIGINAL_TOKENIZER)
     # The released vocabulary: 8192 codes + 50000 pieces + 27 commands = 58219, padded to 58240.
     files = make_original_files(tmp_path, ORIGINAL_TOKENIZER, n_embed=8192)
     assert files.config.vocab_size == 58240

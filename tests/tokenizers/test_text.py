@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import sentencepiece as spm
 import torch
+from required import require_reference
 
 from cogview.tokenizers.text import TextTokenizer, default_training_sentences, train_default
 from cogview.tokenizers.vocab import Vocabulary
@@ -55,10 +56,7 @@ def tiny() -> TextTokenizer:
 
 @pytest.fixture(scope="module")
 def original() -> TextTokenizer:
-    if not ORIGINAL_MODEL.is_file():
-        pytest.skip(
-            f"original CogView tokenizer not found at {ORIGINAL_MODEL} (reference data folder absent)"
-        )
+    require_reference(ORIGINAL_MODEL)
     return TextTokenizer.from_pretrained(ORIGINAL_MODEL)
 
 
