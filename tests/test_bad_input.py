@@ -302,3 +302,9 @@ def test_a_full_disk_is_a_clear_error_and_loses_nothing(tmp_path: Path, monkeypa
     assert info.value.errno == errno.ENOSPC
     assert [d.name for d in checkpoint_dirs(out)] == ["step_00000001"]
     assert not list((out / "checkpoints").glob(".tmp_*"))
+
+
+def test_numpy_settings_are_plain_python_after_validation() -> None:
+    settings = SamplingConfig(top_k=np.int64(5), temperature=np.float32(0.5))
+    assert json.loads(json.dumps(settings.to_dict()))["top_k"] == 5
+    assert type(settings.top_k) is int and type(settings.temperature) is float

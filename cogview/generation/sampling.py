@@ -59,6 +59,7 @@ class SamplingConfig:
             )
         if isinstance(self.top_k, bool) or not isinstance(self.top_k, (int, np.integer)) or self.top_k < 0:
             raise ValueError(f"top_k must be an integer >= 0 (0 keeps all ids), got {self.top_k!r}")
+        object.__setattr__(self, "top_k", int(self.top_k))  # a numpy int would not serialise to JSON
         if not 0.0 <= self.top_p <= 1.0:
             raise ValueError(f"top_p must lie in [0, 1] (0 or 1 keep all ids), got {self.top_p}")
         if not 0.0 <= self.min_p < 1.0:
