@@ -28,6 +28,7 @@ from PIL import Image
 from cogview.checks import check_device, positive_int, prompt_strings
 from cogview.data.sequences import DEFAULT_SR_WINDOW, LAYOUT_OVERHEAD, TASKS
 from cogview.generation.captioning import Captioner
+from cogview.generation.editing import Editor
 from cogview.generation.reranking import rerank
 from cogview.generation.sampling import SamplingConfig
 from cogview.generation.super_resolution import SuperResolution
@@ -352,6 +353,17 @@ class CogViewPipeline:
         """The image at twice its size (a list for a list), by token-space super-resolution."""
         out = self._job("super_resolution").upscale(image, prompt, **kwargs)
         return out[0] if isinstance(image, Image.Image) else out
+
+    def edit(self, image: Image.Image, prompt: str, mask: Any = None, **kwargs: Any) -> Image.Image:
+        """Edit ``image`` in token space with the text-to-image model (:meth:`Editor.run` has the
+        settings, all keyword-only; docs/editing.md).
+
+        ``mode="inpaint"`` regenerates the code cells under ``mask`` (pixels) or ``box``
+        (left, top, right, bottom); ``"complete"`` keeps the first ``rows`` code rows; ``"vary"``
+        re-samples a seeded ``strength`` fraction of the codes. Pixels outside the regenerated
+        cells are the tokenizer's reconstruction of the input.
+        """
+        return Editor(self._job("text_to_image")).run(image, prompt, mask, **kwargs).image
 
     def to(self, device: torch.device | str) -> CogViewPipeline:
         """Move the transformers and the image tokenizer to ``device`` (in place; returns self)."""

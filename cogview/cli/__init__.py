@@ -10,10 +10,10 @@ import argparse
 import logging
 import sys
 
-from cogview.cli import convert, data, evaluate, generate, jobs, serve, tokenizer, train
+from cogview.cli import convert, data, edit, evaluate, generate, jobs, serve, tokenizer, train
 from cogview.serialization import DiskFullError
 
-COMMAND_MODULES = (tokenizer, data, train, generate, jobs, evaluate, convert, serve)
+COMMAND_MODULES = (tokenizer, data, train, generate, jobs, edit, evaluate, convert, serve)
 
 
 def _configure_logging(verbose: bool) -> None:
