@@ -40,8 +40,8 @@ prep() {
 }
 if run 3; then
   prep --dataset emoji --split train --out "$SHARDS/emoji-train" --dataset-option all_templates=true
-  prep --dataset shapes --split train --out "$SHARDS/shapes-train" --max-examples 8000
-  prep --dataset digits --split train --out "$SHARDS/digits-train"
+  prep --dataset shapes --split train --out "$SHARDS/shapes-train" --max-examples 4000
+  prep --dataset digits --split train --out "$SHARDS/digits-train" --max-examples 4000
 fi
 if run probe; then
   prep --dataset emoji --split train --out "$SHARDS/emoji-probe200" --dataset-option all_templates=true \
