@@ -29,6 +29,12 @@ from cogview.checks import check_device, positive_int, prompt_strings
 from cogview.data.sequences import DEFAULT_SR_WINDOW, LAYOUT_OVERHEAD, TASKS
 from cogview.generation.captioning import Captioner
 from cogview.generation.editing import Editor
+from cogview.generation.original import (
+    SEMANTICS,
+    OriginalCaptioner,
+    OriginalSuperResolution,
+    OriginalTextToImage,
+)
 from cogview.generation.reranking import rerank
 from cogview.generation.sampling import SamplingConfig
 from cogview.generation.super_resolution import SuperResolution
@@ -86,6 +92,8 @@ class PipelineConfig:
         job_sampling: the other jobs' sampling defaults (absent: the job's own).
         sr_window: low-res codes per super-resolution window side (written with that job).
         candidates: post-selection default (written when both text-to-image and captioning are served).
+        semantics: ``"cogview"`` (our jobs) or ``"original"`` (the released code's jobs, for weights
+            converted by ``cogview convert-original``; :mod:`cogview.generation.original`).
     """
 
     vocab: Vocabulary
@@ -97,6 +105,7 @@ class PipelineConfig:
     job_sampling: Mapping[str, SamplingConfig] = dataclasses.field(default_factory=dict)
     sr_window: int = DEFAULT_SR_WINDOW
     candidates: int = 1
+    semantics: str = "cogview"
 
     def to_dict(self) -> dict[str, Any]:
         """The contents of ``pipeline.json``; settings of jobs not served are left out."""
@@ -116,6 +125,8 @@ class PipelineConfig:
             out["super_resolution"] = {"window": self.sr_window}
         if "image_to_text" in self.jobs and "text_to_image" in self.jobs:
             out["post_selection"] = {"candidates": self.candidates}
+        if self.semantics != "cogview":  # written only when set: our folders stay as they were
+            out["semantics"] = self.semantics
         return out
 
     @classmethod
@@ -147,11 +158,14 @@ class PipelineConfig:
                 "super_resolution.window", meta.get("super_resolution", {}).get("window", DEFAULT_SR_WINDOW)
             )
             candidates = _check_candidates(meta.get("post_selection", {}).get("candidates", 1))
+            semantics = _check_semantics(meta.get("semantics", "cogview"))
             text_fp = meta["text_tokenizer"]["fingerprint"]
             image_fp = meta["image_tokenizer"]["fingerprint"]
         except (KeyError, TypeError, ValueError) as e:
             raise CheckpointError(f"{path} is incomplete or invalid: {e!r}") from e
-        return cls(vocab, text_fp, image_fp, jobs, text_budget, sampling, job_sampling, sr_window, candidates)
+        return cls(
+            vocab, text_fp, image_fp, jobs, text_budget, sampling, job_sampling, sr_window, candidates, semantics
+        )
 
 
 class CogViewPipeline:
@@ -171,6 +185,8 @@ class CogViewPipeline:
         candidates: text-to-image post-selection default: images drawn per returned image, the
             one whose caption likelihood of the prompt is highest kept (1 = off; more needs
             ``image_to_text``). ``pipeline.json`` keeps it under ``post_selection``.
+        semantics: ``"original"`` serves the jobs as the released CogView code did (converted
+            weights; :mod:`cogview.generation.original`), ``"cogview"`` (default) as ours.
     """
 
     def __init__(
@@ -187,7 +203,9 @@ class CogViewPipeline:
         job_sampling: Mapping[str, SamplingConfig] | None = None,
         sr_window: int = DEFAULT_SR_WINDOW,
         candidates: int = 1,
+        semantics: str = "cogview",
     ) -> None:
+        self.semantics = _check_semantics(semantics)
         job_models = dict(job_models or {})
         unknown = sorted(set(jobs) - set(JOBS) | set(job_models) - set(JOBS))
         if unknown:
@@ -221,15 +239,17 @@ class CogViewPipeline:
     def _build(self) -> None:
         args = (self.text_tokenizer, self.image_tokenizer, self.vocab)
         m, js = self.models, self.job_sampling
+        original = self.semantics == "original"
         self.text_to_image = self.captioner = self.super_resolution = None
         if "text_to_image" in m:
-            self.text_to_image = TextToImage(
+            self.text_to_image = (OriginalTextToImage if original else TextToImage)(
                 m["text_to_image"], *args, text_budget=self._text_budget, sampling=self._sampling
             )
         if "image_to_text" in m:
-            self.captioner = Captioner(m["image_to_text"], *args, sampling=js.get("image_to_text"))
+            captioner = OriginalCaptioner if original else Captioner
+            self.captioner = captioner(m["image_to_text"], *args, sampling=js.get("image_to_text"))
         if "super_resolution" in m:
-            self.super_resolution = SuperResolution(
+            self.super_resolution = (OriginalSuperResolution if original else SuperResolution)(
                 m["super_resolution"], *args, window=self.sr_window, sampling=js.get("super_resolution")
             )
 
@@ -318,12 +338,14 @@ class CogViewPipeline:
         self,
         images: Image.Image | Sequence[Image.Image],
         language: str = "zh",
-        num_captions: int = 1,
+        num_captions: int | None = None,
         **kwargs: Any,
     ) -> list[str]:
         """``num_captions`` captions per image in ``language`` ("zh" or "en"), image by image (see
-        :meth:`Captioner.caption` for the sampling settings)."""
+        :meth:`Captioner.caption` for the sampling settings). None: the job's default (1; the
+        original script's 8 under ``semantics="original"``)."""
         captioner = self._job("image_to_text")
+        num_captions = captioner.default_num_captions if num_captions is None else num_captions
         num_captions = positive_int("num_captions", num_captions)
         n_images = 1 if isinstance(images, Image.Image) else len(images)
         self._check_samples(n_images * num_captions, f"{n_images} image(s) x {num_captions} caption(s)")
@@ -358,12 +380,13 @@ class CogViewPipeline:
         """Edit ``image`` in token space with the text-to-image model (:meth:`Editor.run` has the
         settings, all keyword-only; docs/editing.md).
 
-        ``mode="inpaint"`` regenerates the code cells under ``mask`` (pixels) or ``box``
-        (left, top, right, bottom); ``"complete"`` keeps the first ``rows`` code rows; ``"vary"``
-        re-samples a seeded ``strength`` fraction of the codes. Pixels outside the regenerated
-        cells are the tokenizer's reconstruction of the input.
+        One region argument chooses the mode: ``mask`` (pixels) or ``box`` (left, top, right,
+        bottom) inpaints the code cells they touch; ``rows`` or ``prefix`` keeps that many code rows
+        or codes in raster order and completes the rest; ``shift=(dx, dy)`` or ``pad`` (pixels)
+        moves or shrinks the image on the canvas and outpaints the cells it left; ``strength``
+        re-samples a seeded fraction of the codes. Kept pixels are the tokenizer's reconstruction.
         """
-        return Editor(self._job("text_to_image")).run(image, prompt, mask, **kwargs).image
+        return Editor(self._job("text_to_image"), self.captioner).run(image, prompt, mask, **kwargs).image
 
     def to(self, device: torch.device | str) -> CogViewPipeline:
         """Move the transformers and the image tokenizer to ``device`` (in place; returns self)."""
@@ -398,6 +421,7 @@ class CogViewPipeline:
             job_sampling={job: built.sampling for job, built in jobs if built is not None},
             sr_window=self.sr_window,
             candidates=self.candidates,
+            semantics=self.semantics,
         )
 
     def config(self) -> dict[str, Any]:
@@ -471,6 +495,7 @@ class CogViewPipeline:
             job_sampling=config.job_sampling,
             sr_window=config.sr_window,
             candidates=config.candidates,
+            semantics=config.semantics,
         )
         return pipe if device is None else pipe.to(device)
 
@@ -595,6 +620,12 @@ def _job_dirs(jobs: Any, folder: Path) -> dict[str, str]:
         if not inside or (folder / name).resolve().parent != root or "\\" in name:
             raise ValueError(f"jobs[{job!r}] = {name!r} must name a folder inside the model folder")
     return dict(jobs)
+
+
+def _check_semantics(semantics: Any) -> str:
+    if semantics not in SEMANTICS:
+        raise ValueError(f"semantics must be one of {list(SEMANTICS)}, got {semantics!r}")
+    return semantics
 
 
 def _check_candidates(candidates: Any) -> int:

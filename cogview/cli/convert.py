@@ -9,11 +9,15 @@ from typing import Any
 
 DESCRIPTION = """\
 Convert the released CogView files into one model folder that CogViewPipeline.from_pretrained
-loads: text_tokenizer/, image_tokenizer/, transformer/, pipeline.json (which records the job and
-the original sampling defaults: top-k 200, temperature 1) and conversion.json (provenance).
+loads: text_tokenizer/, image_tokenizer/, transformer/, pipeline.json and conversion.json
+(provenance). pipeline.json records the job, "semantics": "original" (the job is served as the
+released code served it: query syntax, 20-token captions over all text ids, nine-window
+super-resolution in the original order and rows, 256 px bilinear input, min-max stretched output)
+and the job's sampling defaults from the original scripts (top-k 200; temperature 1, or 1.02 for
+super-resolution).
 
 The pickles are read with torch.load(weights_only=True) and memory-mapped, and converted tensor
-by tensor, so a 7.9 GB checkpoint needs about the written model's size in RAM (bf16/fp16: 7.9 GB,
+by tensor, so a 7.9 GB checkpoint needs about the written model's size in RAM (fp16/bf16: 7.9 GB,
 fp32: 15.7 GB). Every key and shape is checked against the architecture (original or
 SwissArmyTransformer key names); the folder appears only when complete."""
 
@@ -22,7 +26,8 @@ EXAMPLE = """example (the released text-to-image model, see docs/original_weight
       --vqvae pretrained/vqvae/vqvae_hard_biggerset_011.pt \\
       --text-tokenizer pretrained/chinese_sentencepiece/cog-pretrain.model \\
       --out models/cogview-base
-  then: cogview generate --model models/cogview-base '一只可爱的猫' --device cuda"""
+  then: cogview generate --model models/cogview-base '一只可爱的猫' --device cuda
+  (--job image_to_text for cogview-caption, --job super_resolution for cogview-sr)"""
 
 
 def _config(value: str, presets: dict[str, Any], cls: Any, what: str) -> Any:
@@ -60,7 +65,7 @@ def cmd_convert_original(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from cogview.convert.folder import DTYPES
+    from cogview.convert.folder import DEFAULT_DTYPE, DTYPES
     from cogview.pipeline import JOBS
 
     p = sub.add_parser(
@@ -92,9 +97,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--dtype",
         choices=sorted(DTYPES),
-        default="bf16",
-        help="weight precision of the written transformer (default: bf16; fp16 keeps the release's "
-        "values bit for bit; fp32 doubles the size). The VQ-VAE is always fp32",
+        default=DEFAULT_DTYPE,
+        help="weight precision of the written transformer (default: fp16, the release's values bit "
+        "for bit; bf16 rounds every weight; fp32 is exact at twice the size). The VQ-VAE is always "
+        "fp32. Generation computes in the dtype the folder is loaded in (see docs/original_weights.md)",
     )
     p.add_argument(
         "--job",

@@ -33,15 +33,17 @@ def _pipeline(args: argparse.Namespace):  # noqa: ANN202 - imported lazily for a
 def cmd_caption(args: argparse.Namespace) -> int:
     images = read_images(args.images)
     pipe = _pipeline(args)
+    n = args.num_captions
+    if n is None:  # the model's default (a converted CogView folder: image2text.sh's 8)
+        n = pipe.captioner.default_num_captions if pipe.captioner is not None else 1
     captions = pipe.caption(
         images,
         args.language,
-        args.num_captions,
+        n,
         seed=args.seed,
         max_batch_size=args.max_batch_size,
         **sampling_overrides(args),
     )
-    n = args.num_captions
     records = [
         {"image": path, "captions": captions[i * n : (i + 1) * n]} for i, path in enumerate(args.images)
     ]
@@ -118,7 +120,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--language", "-l", choices=("zh", "en"), default="zh", help="caption language (default: zh)"
     )
-    p.add_argument("-n", "--num-captions", type=int, default=1, help="captions per image (default: 1)")
+    p.add_argument(
+        "-n",
+        "--num-captions",
+        type=int,
+        help="captions per image (default: the model's: 1, or 8 for converted CogView weights as image2text.sh)",
+    )
     p.add_argument("--seed", type=int, help="random seed for sampled captions")
     p.add_argument("--temperature", type=float, help="divide logits by this (default: model's)")
     p.add_argument(

@@ -3,7 +3,9 @@
 :func:`convert_original` reads the DeepSpeed checkpoint folder, the VQ-VAE file and the text
 tokenizer, converts the weights (:mod:`cogview.convert.original`) and saves a
 :class:`~cogview.pipeline.CogViewPipeline` whose ``pipeline.json`` records the job the weights
-serve and the original sampling defaults. The folder appears under its name only when complete.
+serve, ``"semantics": "original"`` (the jobs are served as the released code served them,
+:mod:`cogview.generation.original`) and that job's sampling defaults from the original scripts.
+The folder appears under its name only when complete.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from cogview.convert.original import (
     vqvae_from_original,
 )
 from cogview.convert.safe_load import model_states, resolve_checkpoint, safe_torch_load
-from cogview.generation.sampling import SamplingConfig
+from cogview.generation.original import ORIGINAL_SAMPLING, ORIGINAL_SR_WINDOW
 from cogview.generation.text_to_image import PROMPT_OVERHEAD
 from cogview.model import PRESETS, TransformerConfig
 from cogview.pipeline import JOBS, CogViewPipeline
@@ -38,10 +40,8 @@ from cogview.tokenizers.vqvae import VQVAEConfig, original_config
 logger = logging.getLogger(__name__)
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-# The released magnify conditions on 16x16 crops of the 32x32 low-res code grid (SPEC 3.4).
-ORIGINAL_SR_WINDOW = 16
-# The original scripts' sampling: top-k 200, top-p 0, temperature 1.0, no guidance (SPEC 3.1, 3.7).
-ORIGINAL_SAMPLING = {"default": SamplingConfig(temperature=1.0, top_k=200)}
+# The release is fp16: fp16 keeps every weight bit for bit (bf16 would round each one).
+DEFAULT_DTYPE = "fp16"
 CONVERSION_NAME = "conversion.json"
 
 
@@ -51,7 +51,7 @@ def convert_original(
     text_tokenizer: str | os.PathLike,
     out: str | os.PathLike,
     *,
-    dtype: str = "bf16",
+    dtype: str = DEFAULT_DTYPE,
     job: str = "text_to_image",
     config: TransformerConfig = PRESETS["cogview-4b"],
     vqvae_config: VQVAEConfig | None = None,
@@ -64,7 +64,8 @@ def convert_original(
         vqvae: ``vqvae_hard_biggerset_011.pt``.
         text_tokenizer: ``cog-pretrain.model`` (or a text tokenizer folder).
         out: a new (or empty) folder.
-        dtype: ``bf16``, ``fp16`` (the release's own precision, bit-exact) or ``fp32``.
+        dtype: ``fp16`` (default: the release's own precision, bit-exact), ``bf16`` (every weight
+            rounded to 8 mantissa bits) or ``fp32`` (exact, twice the size).
         job: the job these weights serve, recorded in ``pipeline.json``: one of :data:`JOBS`, as the
             three released checkpoints (cogview-base, cogview-caption, cogview-sr; SPEC 0, 3.7).
         config, vqvae_config: the architectures the files must match exactly (defaults: the 4B
@@ -111,9 +112,11 @@ def convert_original(
             image,
             vocab,
             text_budget=text_budget,
-            sampling=ORIGINAL_SAMPLING,
+            sampling={"default": ORIGINAL_SAMPLING["text_to_image"]},
             jobs=(job,),
+            job_sampling={j: ORIGINAL_SAMPLING[j] for j in ("image_to_text", "super_resolution")},
             sr_window=ORIGINAL_SR_WINDOW,
+            semantics="original",
         )
     except ValueError as e:  # e.g. a job module that needs a token the original vocabulary lacks
         raise ValueError(

@@ -54,6 +54,8 @@ class Captioner(Components):
         sampling: default sampling settings for :meth:`caption`.
     """
 
+    default_num_captions = 1  # what CogViewPipeline.caption draws per image unless told
+
     def __init__(
         self,
         transformer: CogViewTransformer,
@@ -245,6 +247,10 @@ class Captioner(Components):
             return (logp * keep).sum(-1).cpu()  # [b]
 
         return torch.cat(run_chunked(len(texts), max_batch_size, run)), lengths
+
+    def candidate_codes(self, images: Sequence[Image.Image], codes: torch.Tensor) -> torch.Tensor:
+        """The codes post-selection scores for generated ``images`` of ``codes``: the codes themselves."""
+        return codes
 
     def score(self, text: str, images: Images, **kwargs: Any) -> list[float]:
         """``log p(text | image)`` for each image: higher means the image fits the text better."""

@@ -138,7 +138,15 @@ def prefill(
     lengths = [r.numel() for r in rows]
     L = max(lengths)
     max_seq_len = model.config.max_seq_len
-    if L + max_new_tokens > max_seq_len:
+    given = None if inputs is None else inputs.positions  # ids by slot, e.g. restarting after [ROI2]
+    if given is not None:  # the position table bounds the largest id fed, not the token count
+        fed = L + max_new_tokens - 1  # the last sampled token is never fed
+        if given.numel() < fed or int(given[:fed].max()) >= max_seq_len:
+            raise ValueError(
+                f"a prompt of {L} tokens plus {max_new_tokens} new tokens needs position ids beyond the "
+                f"model's max_seq_len={max_seq_len} (or beyond the {given.numel()} given)"
+            )
+    elif L + max_new_tokens > max_seq_len:
         raise ValueError(
             f"a prompt of {L} tokens plus {max_new_tokens} new tokens exceeds the model's "
             f"max_seq_len={max_seq_len}; shorten the prompt to at most {max_seq_len - max_new_tokens} tokens"
@@ -272,6 +280,9 @@ def decode(
     uniforms = uniforms.to(device=device, dtype=torch.float32)
     stopped = torch.zeros(N, dtype=torch.bool, device=device) if hooks.stop_id is not None else None
     cache, logits = rows.cache, rows.logits
+    # A range of allowed ids: the steps compute only those logits (fewer output-layer rows).
+    head = allowed if isinstance(allowed, range) else None
+    sliced = False  # whether ``logits`` holds the allowed ids only (every step's, not the prefill's)
     base = rows.slots
     base_max = int(base.max())  # once, before the loop: the kv_len of each feed is host arithmetic
     i = 0
@@ -285,7 +296,7 @@ def decode(
                 yield run[:, j]
         else:
             e = i + 1
-            restricted = _restrict(logits, first if i == 0 else allowed)  # [G*N, V']
+            restricted = logits if sliced else _restrict(logits, first if i == 0 else allowed)  # [G*N, V']
             cond = restricted[:N]  # [N, V']
             combined = cfg_combine(cond, restricted[N:], config.guidance_scale) if guided else cond
             ids = sample_from_uniform(process_logits(combined, config, reference=cond), uniforms[:, i])
@@ -303,7 +314,8 @@ def decode(
         fed = run if rows.groups == 1 else run.repeat(rows.groups, 1)  # [G*N, T]
         offsets = torch.arange(i, e, device=device)  # [T]
         slots = base[:, None] + offsets if base.numel() > 1 else base + offsets  # [G*N, T] or [T]
-        logits = step(cache, fed, slots, rows.inputs, kv_len=base_max + e)[:, -1]  # [G*N, V]
+        logits = step(cache, fed, slots, rows.inputs, kv_len=base_max + e, logit_ids=head)[:, -1]  # [G*N, V']
+        sliced = head is not None
         i = e
 
 

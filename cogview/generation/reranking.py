@@ -21,9 +21,8 @@ def rerank(result: PromptResult, captioner: Captioner, candidates: int, max_batc
     :func:`~cogview.generation.batching.image_seed`), so candidate 0 is the image a call without
     reranking returns. The kept image's scores of all candidates are recorded.
     """
-    scores, _ = captioner.log_likelihoods(
-        result.codes, [result.prompt] * len(result.images), max_batch_size=max_batch_size
-    )
+    codes = captioner.candidate_codes(result.images, result.codes)  # the original re-encodes saved images
+    scores, _ = captioner.log_likelihoods(codes, [result.prompt] * len(result.images), max_batch_size=max_batch_size)
     groups = scores.view(-1, candidates)  # [n, candidates]
     best = groups.argmax(dim=1) + torch.arange(groups.shape[0]) * candidates  # [n]
     keep = best.tolist()

@@ -60,6 +60,12 @@ class SlotInputs:
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 
 
+# Inductor settings of a compiled CPU step. The step's matrix-vector products dominate it, and the
+# BLAS ones ran 3-5x below the memory bandwidth here (AMD EPYC, MKL); with frozen weights
+# max-autotune may pick its own C++ GEMM kernels instead, which read the weights at near-copy speed.
+CPU_COMPILE_OPTIONS = {"freezing": True, "max_autotune": True}
+
+
 def bucket(n: int) -> int:
     """The batch size ``n`` rows are padded to under a compiled step (``n`` itself beyond the buckets)."""
     return next((b for b in BATCH_BUCKETS if b >= n), n)
@@ -73,9 +79,10 @@ def _one_token(
     positions: torch.Tensor,
     cells: torch.Tensor | None,
     sources: torch.Tensor | None,
+    logit_ids: range | None = None,
 ) -> torch.Tensor:
     """A fixed-shape step: the whole cache is read, masked by ``slots`` (no ``kv_len`` slicing)."""
-    return model(tokens, positions, cache, slots, kv_len=None, cells=cells, sources=sources)
+    return model(tokens, positions, cache, slots, kv_len=None, cells=cells, sources=sources, logit_ids=logit_ids)
 
 
 class DecodeStep:
@@ -90,6 +97,11 @@ class DecodeStep:
     the step once per cache and shape in a ``torch.cuda.CUDAGraph`` and replays it, so a step costs
     one launch instead of hundreds; the graph is bound to the cache's buffers, so a new cache (a
     new chunk) is captured anew. Multi-token feeds (prefill, forced runs) stay eager.
+
+    On a CPU, inductor compiles with :data:`CPU_COMPILE_OPTIONS` unless ``mode`` is given: frozen
+    weights and autotuned C++ GEMMs, which beat the BLAS matrix-vector products that bound a
+    decode step there (docs/generation.md, "Speed"). Frozen means the weights are copied into the
+    compiled code: a step compiled before the model's weights change keeps the old ones.
     """
 
     def __init__(
@@ -109,8 +121,11 @@ class DecodeStep:
         self._graphs: dict[tuple, _Graph] = {}
         self.static = static or compile or cuda_graph
         self.compiled = compile
+        options = None
+        if backend == "inductor" and mode is None and model.tok_embeddings.weight.device.type == "cpu":
+            options = dict(CPU_COMPILE_OPTIONS)
         self._step = (
-            torch.compile(_one_token, fullgraph=True, dynamic=False, backend=backend, mode=mode)
+            torch.compile(_one_token, fullgraph=True, dynamic=False, backend=backend, mode=mode, options=options)
             if compile
             else _one_token
         )
@@ -122,24 +137,28 @@ class DecodeStep:
         slots: torch.Tensor,
         inputs: SlotInputs | None,
         kv_len: int | None,
+        logit_ids: range | None = None,
     ) -> torch.Tensor:
-        """Logits ``[R, T, V]`` of ``tokens`` ``[R, T]`` written at ``slots`` (``[T]`` or ``[R, T]``)."""
+        """Logits ``[R, T, V]`` of ``tokens`` ``[R, T]`` written at ``slots`` (``[T]`` or ``[R, T]``);
+        ``[R, T, len(logit_ids)]`` for a range of ids (only those rows of the output layer run)."""
         extras = (inputs or SlotInputs()).at(slots)
         positions = extras.pop("positions")
         if self.cuda_graph and tokens.shape[1] == 1:
-            return self._replay(cache, tokens, slots, positions, extras["cells"], extras["sources"])
+            return self._replay(cache, logit_ids, tokens, slots, positions, extras["cells"], extras["sources"])
         if self.static and tokens.shape[1] == 1:
-            return self._step(self.model, cache, tokens, slots, positions, extras["cells"], extras["sources"])
-        return self.model(tokens, positions, cache, slots, kv_len=kv_len, **extras)
+            return self._step(
+                self.model, cache, tokens, slots, positions, extras["cells"], extras["sources"], logit_ids
+            )
+        return self.model(tokens, positions, cache, slots, kv_len=kv_len, logit_ids=logit_ids, **extras)
 
     __call__ = feed
 
-    def _replay(self, cache: KVCache, *args: torch.Tensor | None) -> torch.Tensor:
-        key = (id(cache.k), *(None if a is None else (tuple(a.shape), a.dtype) for a in args))
+    def _replay(self, cache: KVCache, logit_ids: range | None, *args: torch.Tensor | None) -> torch.Tensor:
+        key = (id(cache.k), logit_ids, *(None if a is None else (tuple(a.shape), a.dtype) for a in args))
         graph = self._graphs.get(key)
         if graph is None or graph.cache is not cache:
             self._graphs = {k: g for k, g in self._graphs.items() if g.cache_alive()}
-            graph = self._graphs[key] = _Graph(self._step, self.model, cache, args)
+            graph = self._graphs[key] = _Graph(self._step, self.model, cache, args, logit_ids)
             return graph.output.clone()  # the capture's warm-up already computed this step
         return graph.replay(args)
 
@@ -148,19 +167,25 @@ class _Graph:
     """One captured fixed-shape step: static input buffers, the graph, its output buffer."""
 
     def __init__(
-        self, step: Callable[..., torch.Tensor], model: CogViewTransformer, cache: KVCache, args: tuple
+        self,
+        step: Callable[..., torch.Tensor],
+        model: CogViewTransformer,
+        cache: KVCache,
+        args: tuple,
+        logit_ids: range | None,
     ) -> None:
         self._cache = weakref.ref(cache)
         self.inputs = tuple(None if a is None else a.clone() for a in args)
+        args = (*self.inputs, logit_ids)
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):  # warm-up off the capture (allocator, lazy kernel init)
             for _ in range(2):  # writing the same K/V at the same slots again is harmless
-                self.output = step(model, cache, *self.inputs)
+                self.output = step(model, cache, *args)
         torch.cuda.current_stream().wait_stream(stream)
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
-            self.output = step(model, cache, *self.inputs)
+            self.output = step(model, cache, *args)
         self.graph.replay()
 
     @property

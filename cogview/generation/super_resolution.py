@@ -21,7 +21,7 @@ from PIL import Image
 
 from cogview.checks import check_seed, check_text, positive_int
 from cogview.data import sequences
-from cogview.data.windows import Window, magnify_windows
+from cogview.data.windows import magnify_windows
 from cogview.generation.batching import image_seed, image_uniforms, progress_bar, run_chunked
 from cogview.generation.components import Components
 from cogview.generation.decode import Hooks, SlotInputs, as_rows, decode, prefill
@@ -70,7 +70,7 @@ class SuperResolution(Components):
         sampling: SamplingConfig | None = None,
     ) -> None:
         super().__init__(transformer, text_tokenizer, image_tokenizer, vocab)
-        room = transformer.config.max_seq_len - LAYOUT_TOKENS - window**2 - (2 * window) ** 2
+        room = self.room(transformer.config.max_seq_len, window)
         if room < 0:
             raise ValueError(
                 f"max_seq_len={transformer.config.max_seq_len} cannot hold a {window}x{window} window "
@@ -80,6 +80,13 @@ class SuperResolution(Components):
         self.stride = stride
         self.text_budget = room if text_budget is None else min(text_budget, room)
         self.sampling = sampling or DEFAULT_SR_SAMPLING
+
+    def room(self, max_seq_len: int, window: int) -> int:
+        """Text tokens that fit next to one window (negative: the window itself does not fit).
+
+        Our models are trained on whole windows of ``max_seq_len`` tokens, so the token count is the
+        bound here; the released model's positions restart at ``[ROI2]`` (OriginalSuperResolution)."""
+        return max_seq_len - LAYOUT_TOKENS - window**2 - (2 * window) ** 2
 
     @property
     def pixels_per_code(self) -> int:
@@ -95,6 +102,20 @@ class SuperResolution(Components):
                 f"({smallest}x{smallest} px); upscale it conventionally first"
             )
         return side
+
+    def prepare(self, image: Image.Image, size: int) -> Image.Image:
+        """The input as tokenised: resized and centre-cropped to ``size``."""
+        return resize_center_crop(image, size)
+
+    def window_plan(self, height: int, width: int) -> list[tuple[int, int, int]]:
+        """``(top, left, rows)``: each window's corner in low-res codes and the 2x rows it fills, in
+        the order visited (:func:`~cogview.data.windows.magnify_windows`; whole windows)."""
+        wins = magnify_windows(height, width, self.window, self.stride)
+        return [(win.top, win.left, 2 * win.size) for win in wins]
+
+    def decode_images(self, codes: torch.Tensor) -> list[Image.Image]:
+        """2x codes ``[n, 2h, 2w]`` -> images."""
+        return self.image_tokenizer.decode(codes)
 
     def text_ids(self, prompt: str | None) -> list[int]:
         """Unified ids of the optional prompt, cut to the text budget (empty: no prompt)."""
@@ -140,7 +161,7 @@ class SuperResolution(Components):
         for i, im in enumerate(images):
             by_size.setdefault(self.input_size(im), []).append(i)
         for size, index in by_size.items():
-            group = [resize_center_crop(images[i], size) for i in index]
+            group = [self.prepare(images[i], size) for i in index]
             upscaled = self._upscale_group(group, index, text, seed, settings, max_batch_size, progress)
             for i, im in zip(index, upscaled, strict=True):
                 out[i] = im
@@ -160,7 +181,7 @@ class SuperResolution(Components):
         # Codes live on the CPU between windows (the bookkeeping is tiny); each window's forward
         # passes move what they need to the transformer's device.
         low = self.image_tokenizer.encode(images, size=images[0].size[0]).cpu()  # [n, h, w] at their own size
-        wins = magnify_windows(low.shape[1], low.shape[2], self.window, self.stride)
+        wins = self.window_plan(low.shape[1], low.shape[2])
         steps = len(wins) * (2 * self.window) ** 2
         uniforms = image_uniforms([image_seed(seed, i) for i in index], steps)  # [n, steps]
         bar = progress_bar(progress, len(index) * len(wins), desc="upscaling")
@@ -175,30 +196,32 @@ class SuperResolution(Components):
         finally:
             if bar is not None:
                 bar.close()
-        return self.image_tokenizer.decode(high)
+        return self.decode_images(high)
 
     def magnify(
         self,
         low: torch.Tensor,
         text: list[int],
-        wins: list[Window],
+        wins: list[tuple[int, int, int]],
         uniforms: torch.Tensor,
         settings: SamplingConfig,
         bar: object = None,
     ) -> torch.Tensor:
-        """2x codes ``[n, 2h, 2w]`` of low-res codes ``[n, h, w]``, window by window."""
+        """2x codes ``[n, 2h, 2w]`` of low-res codes ``[n, h, w]``, window by window (``wins``: the
+        :meth:`window_plan`)."""
         n, h, w = low.shape
         high = torch.zeros(n, 2 * h, 2 * w, dtype=torch.long)
         known = torch.zeros(2 * h, 2 * w, dtype=torch.bool)  # the same for every row
-        per_window = (2 * self.window) ** 2
-        for k, win in enumerate(wins):
-            rows, cols = win.high_slices()
+        size = self.window
+        per_window = (2 * size) ** 2
+        for k, (top, left, lines) in enumerate(wins):
+            rows, cols = slice(2 * top, 2 * top + lines), slice(2 * left, 2 * left + 2 * size)
             high[:, rows, cols] = self._window(
-                low[:, win.top : win.top + win.size, win.left : win.left + win.size],
+                low[:, top : top + size, left : left + size],
                 high[:, rows, cols],
                 known[rows, cols],
                 text,
-                uniforms[:, k * per_window : (k + 1) * per_window],
+                uniforms[:, k * per_window : k * per_window + lines * 2 * size],
                 settings,
             )
             known[rows, cols] = True
@@ -206,13 +229,15 @@ class SuperResolution(Components):
                 bar.update(n)
         return high
 
-    def _prefix(self, text: list[int], low_crop: torch.Tensor) -> WindowInputs:
-        """Tokens ``[n, P]`` and the per-token inputs of the whole sequence of one window."""
+    def _prefix(self, text: list[int], low_crop: torch.Tensor, lines: int | None = None) -> WindowInputs:
+        """Tokens ``[n, P]`` and the per-token inputs of the whole sequence of one window of ``lines``
+        2x rows (default: all)."""
         s = 2 * self.window
+        lines = s if lines is None else lines
         template = sequences.super_resolution_window(
-            np.asarray(text, dtype=np.int64), low_crop[0].numpy(), np.zeros((s, s), np.int64), self.vocab
+            np.asarray(text, dtype=np.int64), low_crop[0].numpy(), np.zeros((lines, s), np.int64), self.vocab
         )
-        P = len(template.tokens) - s * s
+        P = len(template.tokens) - lines * s
         crops = low_crop.reshape(low_crop.shape[0], -1) + self.vocab.image_range.start  # [n, w*w]
         head = torch.from_numpy(template.tokens[: P - 5 - crops.shape[1]].copy())
         tail = torch.from_numpy(template.tokens[P - 5 : P].copy())
@@ -220,7 +245,7 @@ class SuperResolution(Components):
         tokens = torch.cat([head.expand(n, -1), crops, tail.expand(n, -1)], dim=1)  # [n, P]
         # Each position is given the cell / source of the token it predicts: the next one.
         cells = sequences.sr_cells(torch.from_numpy(template.tokens)[None], self.vocab)  # [1, P + s*s]
-        rows = torch.cat([tokens, torch.full((n, s * s), self.vocab.image_range.start)], dim=1)
+        rows = torch.cat([tokens, torch.full((n, lines * s), self.vocab.image_range.start)], dim=1)
         sources = sequences.sr_sources(rows, self.vocab)  # [n, P + s*s, 9]; the 2x codes do not matter
         return WindowInputs(
             tokens,
@@ -238,9 +263,10 @@ class SuperResolution(Components):
         uniforms: torch.Tensor,
         settings: SamplingConfig,
     ) -> torch.Tensor:
-        """Codes ``[n, s, s]`` of one 2x window: known ones kept, the others sampled in raster order."""
-        n, s = low_crop.shape[0], 2 * self.window
-        inputs = self._prefix(text, low_crop)
+        """Codes ``[n, lines, s]`` of one 2x window (``current``, ``known``: its ``lines`` rows): known
+        ones kept, the others sampled in raster order."""
+        n, s, lines = low_crop.shape[0], 2 * self.window, current.shape[1]
+        inputs = self._prefix(text, low_crop, lines)
         config = self.transformer.config
         slot_inputs = SlotInputs(
             positions=inputs.positions,
@@ -248,10 +274,10 @@ class SuperResolution(Components):
             sources=inputs.sources if config.cell_sources else None,
         )
         image = self.vocab.image_range
-        state = prefill(self.transformer, inputs.tokens, s * s, inputs=slot_inputs)
+        state = prefill(self.transformer, inputs.tokens, lines * s, inputs=slot_inputs)
         # Codes of earlier windows are forced (fed, not sampled); the others are sampled in raster order.
         hooks = Hooks(allowed=image, forced=current.reshape(n, -1) + image.start, forced_steps=known.reshape(-1))
-        out = torch.empty(n, s * s, dtype=torch.long, device=state.last_logits.device)  # [n, s*s]
+        out = torch.empty(n, lines * s, dtype=torch.long, device=state.last_logits.device)  # [n, lines*s]
         for t, ids in enumerate(decode(self.transformer, as_rows(state), uniforms, settings, hooks)):
             out[:, t] = ids
-        return (out - image.start).cpu().view(n, s, s)
+        return (out - image.start).cpu().view(n, lines, s)

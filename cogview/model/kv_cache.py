@@ -18,6 +18,9 @@ class KVCache:
     p see slots ``<= p``, so slots must be filled contiguously from 0 before they are attended to.
     """
 
+    # Whether the model should call ``record_inputs`` with each layer's input (OriginalMemsCache).
+    records_inputs = False
+
     def __init__(
         self,
         n_layers: int,

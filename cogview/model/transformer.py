@@ -19,6 +19,7 @@ from torch import nn
 
 from cogview.model.config import TransformerConfig
 from cogview.model.kv_cache import KVCache
+from cogview.model.original_cache import OriginalMemsCache
 from cogview.serialization import (
     CONFIG_NAME,
     WEIGHTS_NAME,
@@ -179,6 +180,8 @@ class Block(nn.Module):
         layer_idx: int,
         cache_positions: torch.Tensor | None,
     ) -> torch.Tensor:
+        if cache is not None and cache.records_inputs:  # the released code's mems (OriginalMemsCache)
+            cache.record_inputs(layer_idx, cache_positions, x)
         x = x + self.attention_out_norm(
             self.attention(self.attention_norm(x), mask, cache, layer_idx, cache_positions)
         )
@@ -200,6 +203,11 @@ def _check_per_token(name: str, ids: torch.Tensor, T: int) -> None:
 
 class CogViewTransformer(nn.Module):
     """The CogView decoder: ``forward(tokens, positions, cache=None) -> logits``."""
+
+    # Decode as the released code's hidden-state cache (exact LayerNorm scale over cached positions,
+    # OriginalMemsCache) instead of a plain KV cache; off by default: it costs an extra pass over
+    # the cache per layer and step, for differences below fp16 rounding (docs/original_weights.md).
+    original_mems: bool = False
 
     def __init__(self, config: TransformerConfig) -> None:
         super().__init__()
@@ -252,6 +260,7 @@ class CogViewTransformer(nn.Module):
         kv_len: int | None = None,
         cells: torch.Tensor | None = None,
         sources: torch.Tensor | None = None,
+        logit_ids: range | None = None,
     ) -> torch.Tensor:
         """Logits ``[B, T, V]`` for ``tokens`` ``[B, T]`` at position ids ``positions`` (``[T]`` or ``[B, T]``).
 
@@ -267,7 +276,9 @@ class CogViewTransformer(nn.Module):
         ``cell_embeddings``; ``sources`` (``[T, 9]`` or ``[B, T, 9]``) the low-res token ids of a 3x3
         neighbourhood (-1: none) for one built with ``cell_sources``: at each position, those of
         the token it predicts (cogview.data.sequences.sr_cells / sr_sources of the next token).
-        None adds nothing.
+        None adds nothing. ``logit_ids`` (a contiguous range) computes only those logits, ``[B, T,
+        len(logit_ids)]``: a decode step that may only sample image codes skips the other rows of
+        the output layer (the same values as slicing the full logits, bit for bit).
         """
         if tokens.dim() != 2:
             raise ValueError(f"tokens must be [B, T], got shape {tuple(tokens.shape)}")
@@ -319,9 +330,12 @@ class CogViewTransformer(nn.Module):
         for i, layer in enumerate(self.layers):
             x = layer(x, mask, cache, i, cache_positions)  # [B, T, dim]
         x = self.norm(x)
-        if self.output is None:
-            return F.linear(x, self.tok_embeddings.weight)  # [B, T, V]
-        return self.output(x)  # [B, T, V]
+        head = self.tok_embeddings.weight if self.output is None else self.output.weight  # [V, dim]
+        if logit_ids is not None:
+            if logit_ids.step != 1 or not 0 <= logit_ids.start < logit_ids.stop <= head.shape[0]:
+                raise ValueError(f"logit_ids {logit_ids} must be a non-empty contiguous range inside [0, {head.shape[0]})")
+            head = head[logit_ids.start : logit_ids.stop]  # [V', dim], a view of whole rows
+        return F.linear(x, head)  # [B, T, V] or [B, T, V']
 
     def _cells(self, cells: torch.Tensor, T: int) -> torch.Tensor:
         if self.cell_embeddings is None:
@@ -354,17 +368,21 @@ class CogViewTransformer(nn.Module):
         dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
     ) -> KVCache:
-        """An empty KV cache for this model (default: ``max_seq_len`` slots, the weights' dtype and device)."""
+        """An empty KV cache for this model (default: ``max_seq_len`` slots, the weights' dtype and device).
+
+        With :attr:`original_mems` set (a model with the released LayerNorm scaling) it is an
+        :class:`OriginalMemsCache`, which decodes as the released code's cache of hidden states.
+        """
         weight = self.tok_embeddings.weight
-        return KVCache(
-            self.config.n_layers,
-            batch_size,
-            self.config.n_heads,
-            self.config.max_seq_len if max_len is None else max_len,
-            self.config.head_dim,
-            dtype=dtype or weight.dtype,
-            device=device or weight.device,
-        )
+        shape = (self.config.n_layers, batch_size, self.config.n_heads)
+        shape += (self.config.max_seq_len if max_len is None else max_len, self.config.head_dim)
+        placed = {"dtype": dtype or weight.dtype, "device": device or weight.device}
+        if self.original_mems:
+            if self.config.ln_input_scaling != "original":
+                raise ValueError("original_mems needs a model with ln_input_scaling='original'")
+            offsets = OriginalMemsCache.offsets_of(self.layers, self.config.n_heads)
+            return OriginalMemsCache(*shape, offsets=offsets, eps=self.config.norm_eps, **placed)
+        return KVCache(*shape, **placed)
 
     def num_parameters(self, exclude_embeddings: bool = False) -> int:
         """Number of parameters (the tied head is counted once)."""

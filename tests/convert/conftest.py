@@ -21,15 +21,24 @@ ORIGINAL_TOKENIZER = REPO_ROOT.parent / "shared" / "reference" / "cogview-origin
 CORPUS = ["一只可爱的猫", "一个漂亮的女孩", "a red circle on a blue background", "手写数字7", "a digit 3"] * 4
 
 
-def tiny_vqvae_config(n_embed: int = 32) -> VQVAEConfig:
+def tiny_vqvae_config(n_embed: int = 32, image_size: int = 32) -> VQVAEConfig:
     """The original VQ-VAE layout (3 stride-2 convs, no residual blocks, its constants), tiny widths."""
-    return dataclasses.replace(original_config(), image_size=32, channels=16, embed_dim=8, n_embed=n_embed)
+    return dataclasses.replace(
+        original_config(), image_size=image_size, channels=16, embed_dim=8, n_embed=n_embed
+    )
 
 
-def tiny_transformer_config(vocab_size: int) -> TransformerConfig:
+def tiny_transformer_config(
+    vocab_size: int, *, dim: int = 64, n_layers: int = 2, max_seq_len: int = 64
+) -> TransformerConfig:
     """The cogview-4b numerics (Sandwich-LN, tied head, original LN scaling) at 2 layers x 64."""
     return TransformerConfig(
-        vocab_size=vocab_size, dim=64, n_layers=2, n_heads=4, max_seq_len=64, ln_input_scaling="original"
+        vocab_size=vocab_size,
+        dim=dim,
+        n_layers=n_layers,
+        n_heads=4,
+        max_seq_len=max_seq_len,
+        ln_input_scaling="original",
     )
 
 
@@ -64,12 +73,20 @@ def tiny_text_tokenizer(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def make_original_files(
-    root: Path, text_tokenizer: Path, *, sat: bool = False, n_embed: int = 32
+    root: Path,
+    text_tokenizer: Path,
+    *,
+    sat: bool = False,
+    n_embed: int = 32,
+    image_size: int = 32,
+    **shape: int,
 ) -> OriginalFiles:
+    """Released-layout files; ``shape`` (dim, n_layers, max_seq_len) resizes the transformer, and
+    ``image_size=256`` gives the 32x32 code grid of the released super-resolution."""
     text_size = TextTokenizer.from_pretrained(text_tokenizer).vocab_size
     vocab = Vocabulary(image_size=n_embed, text_size=text_size, extra_tokens=())
-    config = tiny_transformer_config(vocab.size)
-    vq_config = tiny_vqvae_config(n_embed)
+    config = tiny_transformer_config(vocab.size, **shape)
+    vq_config = tiny_vqvae_config(n_embed, image_size)
     module = original_transformer_state(vocab.size, config.dim, config.n_layers, config.max_seq_len, sat=sat)
     write_checkpoint_dir(root / "cogview-base", module, with_args=sat)
     vq_state = original_vqvae_state(vq_config.channels, vq_config.embed_dim, n_embed)

@@ -108,11 +108,45 @@ def write_checkpoint_dir(
 
 def reference_logits(sd: dict[str, torch.Tensor], tokens: torch.Tensor, n_heads: int) -> torch.Tensor:
     """SPEC 1.2-1.6 in plain torch, fp32: embeddings, Sandwich-LN blocks, fused QKV, tanh-GELU, tied head."""
-    sd = {k: v.float() for k, v in sd.items()}
+    return _reference_forward(sd, tokens, torch.arange(tokens.shape[1]), None, n_heads)[0]
+
+
+def reference_mems_logits(
+    sd: dict[str, torch.Tensor],
+    tokens: torch.Tensor,
+    prompt_len: int,
+    n_heads: int,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """``[B, T - prompt_len + 1, V]``: the last logits of the prompt, then of each later token fed
+    alone, as the released ``filling_sequence`` computes them (SPEC 3.1 step 5): every layer caches
+    the hidden states that entered it ("mems") and recomputes K/V over ``input_layernorm(mem)``,
+    whose input scaling takes one max over all cached positions and rows."""
+    sd = {k: v.to(dtype) for k, v in sd.items()}
+    logits, mems = _reference_forward(sd, tokens[:, :prompt_len], torch.arange(prompt_len), None, n_heads)
+    out = [logits[:, -1]]
+    for t in range(prompt_len, tokens.shape[1]):
+        logits, new = _reference_forward(sd, tokens[:, t : t + 1], torch.tensor([t]), mems, n_heads)
+        mems = [torch.cat([m, n], dim=1) for m, n in zip(mems, new, strict=True)]
+        out.append(logits[:, -1])
+    return torch.stack(out, dim=1)
+
+
+def _reference_forward(
+    sd: dict[str, torch.Tensor],
+    tokens: torch.Tensor,
+    positions: torch.Tensor,
+    mems: list[torch.Tensor] | None,
+    n_heads: int,
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Logits of ``tokens`` after the cached hidden states ``mems`` (one ``[B, M, h]`` per layer),
+    and the hidden states that entered each layer (the next call's mems); fp32 unless ``sd`` is fp64."""
+    sd = {k: v if v.dtype == torch.float64 else v.float() for k, v in sd.items()}
     word = sd.get("word_embeddings.weight", sd.get("transformer.word_embeddings.weight"))
     B, T = tokens.shape
     h = word.shape[1]
     d = h // n_heads
+    M = 0 if mems is None else mems[0].shape[1]
 
     def ln(x: torch.Tensor, name: str) -> torch.Tensor:
         x = x / (x.detach().abs().max() / 8)  # SPEC 1.4: one global max over the whole input
@@ -123,21 +157,26 @@ def reference_logits(sd: dict[str, torch.Tensor], tokens: torch.Tensor, n_heads:
     def linear(x: torch.Tensor, name: str) -> torch.Tensor:
         return x @ sd[f"{name}.weight"].T + sd[f"{name}.bias"]
 
-    x = word[tokens] + sd["transformer.position_embeddings.weight"][torch.arange(T)]  # [B, T, h]
-    M = torch.tril(torch.ones(T, T))  # causal
+    x = word[tokens] + sd["transformer.position_embeddings.weight"][positions]  # [B, T, h]
+    mask = torch.ones(T, M + T, dtype=word.dtype).tril(diagonal=M)  # query i sees the mems and new tokens <= i
     n_layers = len({k.split(".")[2] for k in sd if k.startswith("transformer.layers.")})
+    inputs = []
     for i in range(n_layers):
         p = f"transformer.layers.{i}."
-        qkv = linear(ln(x, p + "input_layernorm"), p + "attention.query_key_value")  # [B, T, 3h]
-        q, k, v = (t.reshape(B, T, n_heads, d).transpose(1, 2) for t in qkv.split(h, dim=-1))
-        scores = (q / math.sqrt(d)) @ k.transpose(-1, -2)  # Q scaled before the matmul
-        scores = scores * M - 10000.0 * (1 - M)
+        inputs.append(x)
+        normed = ln(x, p + "input_layernorm")
+        if mems is not None:  # the mems get their own LayerNorm call, hence their own scale
+            normed = torch.cat([ln(mems[i], p + "input_layernorm"), normed], dim=1)  # [B, M + T, h]
+        qkv = linear(normed, p + "attention.query_key_value")  # [B, M + T, 3h]
+        q, k, v = (t.reshape(B, M + T, n_heads, d).transpose(1, 2) for t in qkv.split(h, dim=-1))
+        scores = (q[:, :, M:] / math.sqrt(d)) @ k.transpose(-1, -2)  # Q scaled before the matmul
+        scores = scores * mask - 10000.0 * (1 - mask)
         a = (scores.softmax(-1) @ v).transpose(1, 2).reshape(B, T, h)
         x = x + ln(linear(a, p + "attention.dense"), p + "third_layernorm")
         m = linear(ln(x, p + "post_attention_layernorm"), p + "mlp.dense_h_to_4h")
-        m = 0.5 * m * (1.0 + torch.tanh(0.79788456 * m * (1.0 + 0.044715 * m * m)))
+        m = 0.5 * m * (1.0 + torch.tanh(0.7978845608028654 * m * (1.0 + 0.044715 * m * m)))  # gelu_impl
         x = x + ln(linear(m, p + "mlp.dense_4h_to_h"), p + "fourth_layernorm")
-    return ln(x, "transformer.final_layernorm") @ word.T  # tied head, no bias
+    return ln(x, "transformer.final_layernorm") @ word.T, inputs  # tied head, no bias
 
 
 def original_vqvae_state(

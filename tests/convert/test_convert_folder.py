@@ -128,9 +128,10 @@ def test_cli_end_to_end(original: OriginalFiles, tmp_path: Path, capsys: pytest.
     assert meta["sampling"]["text_to_image"]["default"] == {
         "temperature": 1.0, "top_k": 200, "top_p": 0.0, "guidance_scale": 1.0, "min_p": 0.0,
     }  # fmt: skip
-    assert json.loads((out / "conversion.json").read_text())["dtype"] == "bf16"
+    assert meta["semantics"] == "original"
+    assert json.loads((out / "conversion.json").read_text())["dtype"] == "fp16"  # the release's own
     with safe_open(out / "transformer" / "model.safetensors", "pt") as f:
-        assert f.get_tensor("tok_embeddings.weight").dtype == torch.bfloat16
+        assert f.get_tensor("tok_embeddings.weight").dtype == torch.float16
     pipe = CogViewPipeline.from_pretrained(out, dtype=torch.bfloat16)
     assert pipe.jobs == ("text_to_image",)
     images = pipe.generate("一只可爱的猫", num_images=2, seed=0)

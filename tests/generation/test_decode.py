@@ -69,6 +69,19 @@ def test_cached_greedy_decoding_equals_uncached_recomputation(model: CogViewTran
         seq = torch.cat([seq, nxt[None]])
 
 
+def test_a_range_inside_the_vocabulary_slices_the_output_layer(model: CogViewTransformer) -> None:
+    # Image codes sit mid-vocabulary in some layouts: the step computes only those logits and the
+    # ids come back shifted by the range's start; greedy still equals a full forward's argmax.
+    allowed = range(200, 400)
+    out = _tokens(model, PROMPT, torch.rand(2, 10), SamplingConfig(top_k=1), allowed=allowed)
+    seq = PROMPT.clone()
+    for t in range(10):
+        logits = model(seq[None], torch.arange(len(seq)))[0, -1, allowed.start : allowed.stop]
+        nxt = logits.argmax() + allowed.start
+        assert out[0, t] == nxt and out[1, t] == nxt, f"step {t}"
+        seq = torch.cat([seq, nxt[None]])
+
+
 def test_guided_rows_use_their_own_prompt_positions(model: CogViewTransformer) -> None:
     # Greedy guided decoding must equal argmax of uncond + s (cond - uncond) where both logits come
     # from uncached forwards over each prompt followed by the generated tokens.

@@ -265,6 +265,25 @@ def test_tied_head_has_no_output_weight_and_trains_the_embedding() -> None:
     assert model.tok_embeddings.weight.grad[300].abs().sum() > 0  # reached only through the head
 
 
+@pytest.mark.parametrize("tied", [True, False])
+def test_logit_ids_are_the_sliced_full_logits_bit_for_bit(tied: bool) -> None:
+    # A decode step that may sample only a range of ids computes only those output rows; the values
+    # must be the very bits of the full logits, or sampled ids could change.
+    model = _model(tied_head=tied)
+    ids = range(100, 300)
+    for batch in (1, 2, 16):
+        tokens = _tokens(batch, 5)
+        cache = model.new_cache(batch, max_len=8)
+        full = model(tokens, torch.arange(5), cache)
+        assert torch.equal(model(tokens, torch.arange(5), model.new_cache(batch, max_len=8), logit_ids=ids), full[..., 100:300])
+        step = model(tokens[:, :1], torch.tensor([5]), cache, logit_ids=ids)  # [B, 1, 200]
+        again = model(tokens[:, :1], torch.tensor([5]), cache)
+        assert step.shape == (batch, 1, 200) and torch.equal(step, again[..., 100:300])
+    for bad in (range(0, 10, 2), range(5, 5), range(V - 1, V + 1)):
+        with pytest.raises(ValueError, match="logit_ids"):
+            model(_tokens(1, 2), torch.arange(2), logit_ids=bad)
+
+
 def test_untied_head_has_its_own_weight() -> None:
     tied, untied = _model(), _model(tied_head=False)
     assert untied.state_dict()["output.weight"].shape == (V, TINY.dim)
