@@ -3,7 +3,8 @@
 Bad input must never look like a server fault: schema violations and bodies that are not JSON
 (malformed, not UTF-8, nested too deeply) are 422 with one line per field
 (naming the fields an endpoint takes when an unknown one is sent), the library's ValueErrors
-(empty prompt, unreadable image, settings out of range) are 400, a job the model lacks is 404.
+(empty prompt, unreadable image, settings out of range) are 400, a job the model lacks is 404, a
+full queue or a passed deadline is 503 with ``Retry-After``.
 Anything else is a real bug: 500 with no internals in the reply (the ASGI server logs the traceback).
 """
 
@@ -16,6 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
+from cogview.server.scheduler import Busy
 from cogview.server.schemas import REQUESTS
 from cogview.server.service import JobUnavailable
 
@@ -51,12 +53,24 @@ async def _validation(request: Request, exc: RequestValidationError) -> JSONResp
     return error_response(422, "; ".join(messages), fields=messages)
 
 
-async def _value_error(request: Request, exc: ValueError) -> JSONResponse:
-    return error_response(400, str(exc))
+INTERNAL = "internal server error; the server log has the details"
 
 
-async def _unavailable(request: Request, exc: JobUnavailable) -> JSONResponse:
-    return error_response(404, str(exc))
+def status_of(error: BaseException) -> tuple[int, str]:
+    """The status and message a job's error is answered with (JSON replies and streamed events)."""
+    if isinstance(error, Busy):
+        return 503, str(error)
+    if isinstance(error, JobUnavailable):
+        return 404, str(error)
+    if isinstance(error, ValueError):
+        return 400, str(error)
+    return 500, INTERNAL
+
+
+async def _job_error(request: Request, exc: Exception) -> JSONResponse:
+    status, message = status_of(exc)
+    headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, Busy) else None
+    return error_response(status, message, headers=headers)
 
 
 BODY_PARSE_ERROR = "There was an error parsing the body"
@@ -80,12 +94,12 @@ async def _http(request: Request, exc: HTTPException) -> JSONResponse:
 
 
 async def _internal(request: Request, exc: Exception) -> JSONResponse:
-    return error_response(500, "internal server error; the server log has the details")
+    return error_response(500, INTERNAL)
 
 
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation)
-    app.add_exception_handler(JobUnavailable, _unavailable)
-    app.add_exception_handler(ValueError, _value_error)
+    for error in (JobUnavailable, ValueError, Busy):
+        app.add_exception_handler(error, _job_error)
     app.add_exception_handler(HTTPException, _http)
     app.add_exception_handler(Exception, _internal)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+from typing import Any
 
 import torch
 import uvicorn
@@ -39,22 +40,28 @@ def serve(
     port: int = DEFAULT_PORT,
     threads: int | None = None,
     device: str | None = None,
+    **scheduler_options: Any,
 ) -> None:
-    """Serve ``model`` (None: the shipped default) at ``http://host:port/`` until interrupted."""
+    """Serve ``model`` (None: the shipped default) at ``http://host:port/`` until interrupted.
+
+    ``scheduler_options`` go to :class:`~cogview.server.scheduler.Scheduler` (e.g. ``batching=False``
+    for one request at a time, ``max_queue``, ``deadline``).
+    """
     if threads is not None:
         # once, before any request: worker threads inherit it
         torch.set_num_threads(positive_int("threads", threads))
     if not 0 <= port <= 65535:
         raise ValueError(f"port must lie in [0, 65535], got {port}")
     pipeline = CogViewPipeline.from_pretrained(model, device=device)
-    app = create_app(pipeline, model_name=str(model) if model is not None else "default")
+    app = create_app(pipeline, model_name=str(model) if model is not None else "default", **scheduler_options)
     if not is_loopback(host):
         logger.warning("serving on %s: anyone who can reach this address can use the model (no login)", host)
     logger.info(
-        "serving %s (%s) with %d torch threads: open http://%s:%d/",
+        "serving %s (%s) with %d torch threads, %s scheduler: open http://%s:%d/",
         model or "the default model",
         ", ".join(pipeline.jobs),
         torch.get_num_threads(),
+        app.state.scheduler.status()["scheduler"],
         host,
         port,
     )

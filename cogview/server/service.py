@@ -1,29 +1,28 @@
-"""The server's jobs: validated requests -> one pipeline call each -> JSON-able results.
+"""The server's jobs: validated requests -> work for the scheduler -> JSON-able results.
 
-:class:`Service` owns the pipeline and one lock: the model is a single shared object, so torch
-work runs one request at a time (the HTTP layer calls these methods from a worker thread, never
-on the event loop). Image decoding and other light checks run before the lock is taken, so a bad
-request fails at once even while another one is generating.
+:class:`Service` checks a request and turns it into work for the
+:class:`~cogview.server.scheduler.Scheduler`, which owns the model: text-to-image requests become
+:class:`~cogview.server.scheduler.ImageWork` (batched with others), the other jobs a function the
+worker runs between batches. Checks and image decoding happen before a request is queued, so a
+bad request fails at once, however long the queue.
 """
 
 from __future__ import annotations
 
 import logging
 import secrets
-import threading
-import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 
+from cogview.generation.text_to_image import PromptResult
 from cogview.pipeline import CogViewPipeline
 from cogview.server import schemas
+from cogview.server.batch import ImageWork
 from cogview.server.codec import decode_image, encode_images
 
 logger = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 
 def random_seed() -> int:
@@ -36,20 +35,12 @@ class JobUnavailable(LookupError):
 
 
 class Service:
-    """Run API requests against one :class:`CogViewPipeline`, one at a time."""
+    """Check API requests against one :class:`CogViewPipeline` and build the scheduler's work."""
 
     def __init__(self, pipeline: CogViewPipeline, model_name: str = "") -> None:
         self.pipeline = pipeline
         self.model_name = model_name
-        self._lock = threading.Lock()
         self._info = self._describe()
-
-    def _locked(self, job: str, fn: Callable[[], T]) -> T:
-        with self._lock:
-            start = time.perf_counter()
-            out = fn()
-        logger.info("%s done in %.2f s", job, time.perf_counter() - start)
-        return out
 
     def _require(self, job: str, what: str) -> None:
         if job not in self.pipeline.jobs:
@@ -86,8 +77,8 @@ class Service:
             },
         }
 
-    def generate(self, req: schemas.GenerateRequest) -> dict[str, Any]:
-        """Images for one prompt with the exact settings and seeds used (as ``generate.json``)."""
+    def image_work(self, req: schemas.GenerateRequest, previews: bool = False) -> ImageWork:
+        """One prompt's draws with their exact settings and seed; ``previews`` for streamed requests."""
         self._require("text_to_image", "generate images")
         candidates = self.pipeline.candidates if req.candidates is None else req.candidates
         schemas.check_draws(req.num_images, candidates)
@@ -100,54 +91,60 @@ class Service:
                 f"the prompt is {n_tokens} text tokens long; this model reads at most {t2i.text_budget}: "
                 "shorten it"
             )
-        settings = req.sampling_overrides()
-        seed = random_seed() if req.seed is None else req.seed
-        (result,) = self._locked(
-            "generate",
-            lambda: self.pipeline.generate_results(
-                req.prompt, req.num_images, candidates=candidates, seed=seed, **settings
-            ),
+        tokens, _ = t2i.prompt_tokens(req.prompt)  # refuses an empty prompt
+        return ImageWork(
+            prompt=req.prompt,
+            tokens=tokens,
+            settings=t2i.settings_for(req.prompt, **req.sampling_overrides()),
+            seed=random_seed() if req.seed is None else req.seed,
+            num_images=req.num_images,
+            candidates=candidates,
+            previews=previews,
         )
+
+    @staticmethod
+    def generate_reply(result: PromptResult) -> dict[str, Any]:
+        """The record ``cogview generate`` writes to ``generate.json``, the candidates and the PNGs."""
         pngs = encode_images(result.images)
         return {
             **result.to_dict(),
-            "candidates": candidates,
+            "candidates": 1 if result.rerank is None else result.rerank["candidates"],
             "images": [{"seed": s, "png": p} for s, p in zip(result.image_seeds, pngs, strict=True)],
         }
 
-    def caption(self, req: schemas.CaptionRequest) -> dict[str, Any]:
+    def caption(self, req: schemas.CaptionRequest) -> Callable[[], dict[str, Any]]:
         """Captions of one image in Chinese (zh) or English (en); greedy unless top_k > 1."""
         self._require("image_to_text", "caption images")
         image = decode_image(req.image)
         settings = req.sampling_overrides()
         seed = random_seed() if req.seed is None else req.seed
-        captions = self._locked(
-            "caption",
-            lambda: self.pipeline.caption(image, req.language, req.num_captions, seed=seed, **settings),
-        )
-        return {"captions": captions, "language": req.language, "seed": seed}
 
-    def score(self, req: schemas.ScoreRequest) -> dict[str, Any]:
+        def run() -> dict[str, Any]:
+            captions = self.pipeline.caption(image, req.language, req.num_captions, seed=seed, **settings)
+            return {"captions": captions, "language": req.language, "seed": seed}
+
+        return run
+
+    def score(self, req: schemas.ScoreRequest) -> Callable[[], dict[str, Any]]:
         """Caption likelihood of each prompt for each image (CogView's reranking score)."""
         self._require("image_to_text", "score images (scoring needs captioning)")
         images = [decode_image(d, f"images[{i}]") for i, d in enumerate(req.images)]
 
-        def run() -> list[dict[str, Any]]:
+        def run() -> dict[str, Any]:
             results = []
             for text in req.texts:
                 scores = self.pipeline.score(text, images)
                 ranking = sorted(range(len(images)), key=lambda i: -scores[i])
                 loss = self.pipeline.caption_loss(text, images)
                 results.append({"prompt": text, "scores": scores, "caption_loss": loss, "ranking": ranking})
-            return results
+            best_prompt = [
+                max(range(len(results)), key=lambda k: results[k]["scores"][i]) for i in range(len(images))
+            ]
+            return {"results": results, "best_prompt": best_prompt}
 
-        results = self._locked("score", run)
-        best_prompt = [
-            max(range(len(results)), key=lambda k: results[k]["scores"][i]) for i in range(len(images))
-        ]
-        return {"results": results, "best_prompt": best_prompt}
+        return run
 
-    def upscale(self, req: schemas.UpscaleRequest) -> dict[str, Any]:
+    def upscale(self, req: schemas.UpscaleRequest) -> Callable[[], dict[str, Any]]:
         """The image at twice its size, by super-resolution in token space."""
         self._require("super_resolution", "upscale images")
         image = decode_image(req.image)
@@ -159,8 +156,10 @@ class Service:
                 f"{schemas.MAX_UPSCALE_SIDE} px a side (larger ones take minutes on a CPU): shrink or crop it first"
             )
         settings = req.sampling_overrides()
-        big = self._locked(
-            "upscale", lambda: self.pipeline.upscale(image, req.prompt, seed=req.seed, **settings)
-        )
-        (png,) = encode_images([big])
-        return {"png": png, "width": big.size[0], "height": big.size[1], "seed": req.seed}
+
+        def run() -> dict[str, Any]:
+            big = self.pipeline.upscale(image, req.prompt, seed=req.seed, **settings)
+            (png,) = encode_images([big])
+            return {"png": png, "width": big.size[0], "height": big.size[1], "seed": req.seed}
+
+        return run

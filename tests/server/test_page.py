@@ -55,8 +55,12 @@ def chromium() -> None:
 
 @pytest.fixture(scope="module")
 def url(chromium: None) -> Iterator[str]:
-    with live_server(create_app(CogViewPipeline.from_pretrained(), model_name="default")) as base:
-        yield base
+    app = create_app(CogViewPipeline.from_pretrained(), model_name="default")
+    try:
+        with live_server(app) as base:
+            yield base
+    finally:
+        app.state.scheduler.close()
 
 
 @pytest.fixture
@@ -104,7 +108,15 @@ def test_generate_and_caption_in_the_page(browser: Any, url: str, tmp_path: Path
         box.clear()
         box.send_keys(value)
     browser.find_element(By.ID, "generate").click()
-    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#results img")) == 4)
+    # While it draws: a progress bar that moves, and the pictures filling in row by row.
+    fast = WebDriverWait(browser, 120, poll_frequency=0.05)
+    fast.until(lambda d: float(d.find_element(By.ID, "progress").get_attribute("value") or 0) > 0)
+    assert browser.find_element(By.ID, "progress").is_displayed()
+    fast.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#results img.partial"))
+    partial = browser.find_element(By.CSS_SELECTOR, "#results img.partial").get_attribute("src")
+    assert decode_png(partial.split(",", 1)[1]).size == (32, 32)
+    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#results img:not(.partial)")) == 4)
+    assert not browser.find_element(By.ID, "progress").is_displayed()
     assert not browser.find_element(By.ID, "error").is_displayed()
     assert "seed 1" in browser.find_element(By.ID, "summary").text
     assert "best of 2" in browser.find_element(By.ID, "summary").text

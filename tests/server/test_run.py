@@ -1,4 +1,4 @@
-"""Real servers: uvicorn in a thread (one request at a time, event loop free) and ``cogview serve``."""
+"""Real servers: uvicorn in a thread (the model on one thread, event loop free) and ``cogview serve``."""
 
 from __future__ import annotations
 
@@ -30,6 +30,12 @@ from cogview.cli import main  # noqa: E402
 from cogview.pipeline import CogViewPipeline  # noqa: E402
 from cogview.server import create_app  # noqa: E402
 from cogview.server.run import is_loopback  # noqa: E402
+from cogview.server.scheduler import (  # noqa: E402
+    DEFAULT_BATCH_WAIT,
+    DEFAULT_DEADLINE,
+    DEFAULT_MAX_BATCH_ROWS,
+    DEFAULT_MAX_QUEUE,
+)
 
 
 def http(url: str, body: dict | None = None, timeout: float = 60) -> tuple[int, Any]:
@@ -44,47 +50,41 @@ def http(url: str, body: dict | None = None, timeout: float = 60) -> tuple[int, 
     return status, json.loads(raw) if kind == "application/json" else raw.decode()
 
 
-def test_uvicorn_serves_requests_one_at_a_time_off_the_event_loop(
-    tiny_pipe: CogViewPipeline, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    active, most = [0], [0]
-    real = tiny_pipe.generate_results
-
-    def slow_generate(*args: Any, **kwargs: Any) -> Any:
-        active[0] += 1
-        most[0] = max(most[0], active[0])
-        time.sleep(0.5)  # a long generation: others must wait for the model, /api/info must not
-        try:
-            return real(*args, **kwargs)
-        finally:
-            active[0] -= 1
-
-    monkeypatch.setattr(tiny_pipe, "generate_results", slow_generate)
-    with live_server(create_app(tiny_pipe)) as url:
-        status, page = http(url + "/")
-        assert status == 200 and 'id="prompt"' in page
-        replies: list[tuple[int, Any]] = []
-        body = {"prompt": "a red circle", "num_images": 1, "seed": 2}
-        threads = [
-            threading.Thread(target=lambda: replies.append(http(url + "/api/generate", body)))
-            for _ in range(2)
-        ]
-        for t in threads:
-            t.start()
-        time.sleep(0.2)
-        start = time.perf_counter()
-        status, info = http(url + "/api/info")
-        info_seconds = time.perf_counter() - start
-        for t in threads:
-            t.join(timeout=60)
-        assert status == 200 and info["jobs"][0] == "text_to_image"
-        assert info_seconds < 0.4, "a generation blocked the event loop"
-        assert most[0] == 1, "two generations ran on the model at once"
-        assert [s for s, _ in replies] == [200, 200]
-        assert replies[0][1]["images"] == replies[1][1]["images"]
-        assert decode_png(replies[0][1]["images"][0]["png"]).size == (32, 32)
-        status, error = http(url + "/api/generate", {"prompt": "a", "num_images": 99})
-        assert status == 422 and "num_images" in error["error"]
+def test_uvicorn_serves_requests_on_one_model_thread_off_the_event_loop(tiny_pipe: CogViewPipeline) -> None:
+    threads_seen: set[str] = set()
+    hook = tiny_pipe.text_to_image.transformer.register_forward_pre_hook(
+        lambda module, args: threads_seen.add(threading.current_thread().name)
+    )
+    app = create_app(tiny_pipe, batch_wait=0.3)  # a long gathering window: /api/info must not wait for it
+    try:
+        with live_server(app) as url:
+            status, page = http(url + "/")
+            assert status == 200 and 'id="prompt"' in page
+            replies: list[tuple[int, Any]] = []
+            body = {"prompt": "a red circle", "num_images": 1, "seed": 2}
+            threads = [
+                threading.Thread(target=lambda: replies.append(http(url + "/api/generate", body)))
+                for _ in range(2)
+            ]
+            for t in threads:
+                t.start()
+            time.sleep(0.1)
+            start = time.perf_counter()
+            status, info = http(url + "/api/info")
+            info_seconds = time.perf_counter() - start
+            for t in threads:
+                t.join(timeout=60)
+            assert status == 200 and info["jobs"][0] == "text_to_image"
+            assert info_seconds < 0.4, "a generation blocked the event loop"
+            assert threads_seen == {"cogview-scheduler"}, "the model ran outside the scheduler's thread"
+            assert [s for s, _ in replies] == [200, 200]
+            assert replies[0][1]["images"] == replies[1][1]["images"]
+            assert decode_png(replies[0][1]["images"][0]["png"]).size == (32, 32)
+            status, error = http(url + "/api/generate", {"prompt": "a", "num_images": 99})
+            assert status == 422 and "num_images" in error["error"]
+    finally:
+        hook.remove()
+        app.state.scheduler.close()
 
 
 def _free_port() -> int:
@@ -136,6 +136,17 @@ def test_serve_help_and_bad_flags(capsys: pytest.CaptureFixture[str]) -> None:
         assert part in text
     assert main(["serve", "--threads", "0"]) == 2
     assert "threads must be a positive integer, got 0" in capsys.readouterr().err
+    help_text = " ".join(text.split())
+    for flag, default in [
+        ("--max-queue", DEFAULT_MAX_QUEUE),
+        ("--max-batch-rows", DEFAULT_MAX_BATCH_ROWS),
+        ("--deadline", DEFAULT_DEADLINE),
+        ("--batch-wait-ms", DEFAULT_BATCH_WAIT * 1000),
+    ]:
+        assert f"{flag} " in help_text and f"(default: {default:g}" in help_text, flag
+    assert "--scheduler {batch,lock}" in help_text
+    assert main(["serve", "--max-queue", "0", "--port", "1"]) == 2
+    assert "need max_queue >= 1" in capsys.readouterr().err
 
 
 def test_serve_without_the_server_extra_says_how_to_install_it(

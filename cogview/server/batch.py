@@ -1,0 +1,153 @@
+"""Text-to-image for several requests at once: one prefill, one decode over all their rows.
+
+The server's unit of work. Each request brings its prompt and the seeds of its draws; the batch
+prefills every distinct prompt once (plus the empty prompt of guidance), selects one cache row
+per draw and runs the one decoding engine (:func:`cogview.generation.decode.decode`) over them
+all. A draw's randomness is its own stream (:func:`~cogview.generation.batching.image_uniforms`)
+and its rows attend only to its own prompt, so its codes do not depend on the other requests.
+Requests in one batch share their sampling settings: the logits processors take one setting.
+:func:`finish` then makes each request's result as the library would (pixels, post-selection).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from cogview.generation.batching import image_seed, image_uniforms, run_chunked
+from cogview.generation.decode import Hooks, Rows, decode, prefill
+from cogview.generation.reranking import rerank
+from cogview.generation.sampling import SamplingConfig
+from cogview.generation.text_to_image import DEFAULT_MAX_BATCH_SIZE, PromptResult, TextToImage, prompt_kind
+from cogview.pipeline import CogViewPipeline
+
+# Called after each decoded code with (codes decoded per draw, the [N, steps] codes so far);
+# returning False stops the batch (every request in it went away).
+StepCallback = Callable[[int, torch.Tensor], bool]
+
+
+@dataclass(frozen=True)
+class ImageWork:
+    """One text-to-image request: everything needed to decode it and to record how it was made."""
+
+    prompt: str
+    tokens: torch.Tensor  # [T] prompt layout
+    settings: SamplingConfig
+    seed: int
+    num_images: int
+    candidates: int
+    previews: bool = False  # send partial images while decoding (streamed requests)
+
+    @property
+    def draws(self) -> int:
+        return self.num_images * self.candidates
+
+    @property
+    def rows_per_draw(self) -> int:
+        return 2 if self.settings.guided else 1
+
+    def part(self, start: int = 0, stop: int | None = None) -> Part:
+        """Draws ``[start, stop)`` (default: all) for :func:`decode_parts`; draw i is seeded by
+        :func:`~cogview.generation.batching.image_seed` ``(seed, i)``, as in the library."""
+        stop = self.draws if stop is None else stop
+        return Part(self.tokens, [image_seed(self.seed, i) for i in range(start, stop)])
+
+
+@dataclass(frozen=True)
+class Part:
+    """The draws of one request that a batch decodes: its prompt layout and one seed per draw."""
+
+    tokens: torch.Tensor  # [T] ``[ROI1] text [BASE] [BOI1]``
+    seeds: list[int]
+
+
+@torch.inference_mode()
+def decode_parts(
+    t2i: TextToImage,
+    parts: Sequence[Part],
+    settings: SamplingConfig,
+    on_step: StepCallback | None = None,
+) -> list[torch.Tensor] | None:
+    """``[n, h, w]`` codes of each part's draws, decoded together; None if ``on_step`` stopped it.
+
+    Row layout (guided): the conditional rows of every draw, then as many unconditional rows,
+    the two groups :func:`~cogview.generation.decode.decode` combines row by row.
+    """
+    model = t2i.model_in(t2i.resolved_dtype(None))
+    steps = t2i.num_tokens
+    prompts = [p.tokens for p in parts] + ([t2i.uncond_tokens()] if settings.guided else [])
+    state = prefill(model, prompts, steps, pad_id=t2i.vocab.token_id("[PAD]"))
+    owner = torch.tensor([i for i, p in enumerate(parts) for _ in p.seeds])  # [N] prompt row per draw
+    N = owner.numel()
+    if settings.guided:
+        owner = torch.cat([owner, torch.full((N,), len(parts))])  # [2N]: then the empty prompt
+    owner = owner.to(state.lengths.device)
+    lengths = state.lengths[owner]  # [G*N]
+    same = bool((lengths == lengths[0]).all())
+    rows = Rows(
+        cache=state.cache.select(owner),
+        logits=state.last_logits[owner],  # [G*N, V]
+        slots=lengths[:1] if same else lengths,
+        groups=2 if settings.guided else 1,
+        max_new_tokens=steps,
+    )
+    uniforms = image_uniforms([s for p in parts for s in p.seeds], steps)  # [N, steps]
+    hooks = Hooks(allowed=t2i.vocab.image_range)
+    out = torch.empty((N, steps), dtype=torch.long)  # [N, steps]
+    for i, ids in enumerate(decode(model, rows, uniforms, settings, hooks, t2i.step_for(model, False))):
+        out[:, i] = ids.cpu()  # image codes are ids [0, image_size)
+        if on_step is not None and not on_step(i + 1, out):
+            return None
+    g = t2i.image_tokenizer.grid_size
+    return list(out.view(N, g, g).split([len(p.seeds) for p in parts]))  # [n, h, w] each
+
+
+def preview_pixels(t2i: TextToImage, codes: torch.Tensor, rows: int) -> torch.Tensor:
+    """``[B, 3, H, W]`` pixels of the first ``rows`` code rows of ``codes`` ``[B, h, w]``; the rest grey.
+
+    The decoder sees code 0 below the known rows (it needs a full grid); those pixels are then
+    replaced by mid-grey so that a preview never shows content that was not sampled.
+    """
+    g = t2i.image_tokenizer.grid_size
+    grid = codes.clone()
+    grid[:, rows:] = 0
+    pixels = t2i.image_tokenizer.decode_pixels(grid).cpu()  # [B, 3, H, W] in [0, 1]
+    cut = pixels.shape[-2] * rows // g
+    pixels[:, :, cut:] = 0.5  # mid-grey
+    return pixels
+
+
+def finish(pipeline: CogViewPipeline, work: ImageWork, codes: torch.Tensor) -> PromptResult:
+    """``work``'s result from the codes of all its draws: pixels, then post-selection when
+    ``candidates`` > 1, as :meth:`CogViewPipeline.generate_results` does it."""
+    t2i = pipeline.text_to_image
+    assert t2i is not None
+    result = PromptResult(
+        prompt=work.prompt,
+        kind=prompt_kind(work.prompt),
+        settings=work.settings,
+        seed=work.seed,
+        image_seeds=[image_seed(work.seed, i) for i in range(work.draws)],
+        prompt_tokens=work.tokens.tolist(),
+        truncated=False,
+        codes=codes,
+        # decoded in the library's chunks, so the pixels are those of cogview generate
+        images=[
+            im
+            for chunk in run_chunked(
+                len(codes),
+                DEFAULT_MAX_BATCH_SIZE,
+                lambda s, n: t2i.image_tokenizer.decode(codes[s : s + n]),
+            )
+            for im in chunk
+        ],
+    )
+    if work.candidates == 1:
+        return result
+    assert pipeline.captioner is not None
+    return rerank(result, pipeline.captioner, work.candidates, DEFAULT_MAX_BATCH_SIZE)
+
+
+__all__ = ["ImageWork", "Part", "StepCallback", "decode_parts", "finish", "preview_pixels"]
