@@ -9,6 +9,10 @@ Measures, in one process and with the same thread count throughout:
   ``transformers.GPT2LMHeadModel.generate`` (use_cache=True, top-k sampling) with the same
   layers, width, heads, MLP width, vocabulary and sequence lengths, random weights, fp32, at
   batch 1 and 16, runs interleaved and repeated (the median is reported; CPUs here are shared);
+- the same decode with the step compiled (``DecodeStep(compile=True)``: inductor, frozen weights,
+  autotuned C++ GEMMs on a CPU), its first run (compilation included) reported on its own;
+- peak memory of decoding, ours against HF: the rise of the process's peak resident set over
+  one decode (``/proc/self/clear_refs`` resets the peak; Linux only, else not reported);
 - our batch-1 decode time per token against the floor set by reading every weight once per
   token at the measured copy bandwidth (a copy's read + write bytes per second);
 - float32 against bfloat16 for our sampler, with a quality proxy (KL and top-1 agreement of the
@@ -16,14 +20,20 @@ Measures, in one process and with the same thread count throughout:
 
 Run: .venv/bin/pip install "transformers>=4.40" torch==2.13.0   (once; the `bench` extra)
      .venv/bin/python benchmarks/generate_speed.py [--threads 1] [--repeats 3] [--out benchmarks/results/generate_speed.json]
+         [--before an/earlier/result.json]
+Decode times are reported as wall-clock and as CPU seconds of the one thread (steadier when other
+processes share the cores); the compiled rows compile once per batch size (minutes on 2 cores).
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import dataclasses
+import gc
 import json
 import logging
+import os
 import platform
 import statistics
 import sys
@@ -89,7 +99,7 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def copy_bandwidth(n_bytes: int = 256 * 2**20, repeats: int = 7) -> float:
+def copy_bandwidth(n_bytes: int = 256 * 2**20, repeats: int = 15) -> float:
     """Best (read + written) bytes per second of a large tensor copy."""
     src = torch.ones(n_bytes // 4)
     dst = torch.empty_like(src)
@@ -174,21 +184,62 @@ def hf_decode(model: Any, prompt: torch.Tensor, batch: int, steps: int) -> Calla
     return run
 
 
-def timed(fn: Callable[[], None]) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
+def _status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
 
 
-def interleaved(runs: dict[str, Callable[[], None]], repeats: int) -> dict[str, list[float]]:
-    """Seconds per run of each entry, alternating entries so that load changes hit all of them."""
-    for fn in runs.values():  # warm-up (allocator, oneDNN primitive caches)
+def peak_rss_rise(fn: Callable[[], None]) -> int | None:
+    """Bytes by which ``fn`` raises the process's peak resident set (None where Linux's reset is missing).
+
+    Freed heap is first handed back to the OS (``malloc_trim``), so memory left over from earlier
+    runs does not hide this one's allocations.
+    """
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        Path("/proc/self/clear_refs").write_text("5")  # peak resident set := current
+        before = _status_kib("VmRSS")
         fn()
-    times: dict[str, list[float]] = {name: [] for name in runs}
+        return (_status_kib("VmHWM") - before) * 1024
+    except (OSError, KeyError):
+        return None
+
+
+def ratio(times: dict[str, list[float]], a: str, b: str) -> float:
+    """Median seconds of ``a`` over those of ``b``: how many times faster ``b`` ran."""
+    return round(statistics.median(times[a]) / statistics.median(times[b]), 2)
+
+
+def _mb(n: int | None) -> float | None:
+    return None if n is None else round(n / 1e6, 1)
+
+
+def timed(fn: Callable[[], None]) -> tuple[float, float]:
+    """Wall-clock and CPU seconds of ``fn``. On a shared machine the CPU seconds (one thread) are
+    the steadier measure: they leave out the time the scheduler gave to other processes."""
+    t0, c0 = time.perf_counter(), time.process_time()
+    fn()
+    return time.perf_counter() - t0, time.process_time() - c0
+
+
+def interleaved(
+    runs: dict[str, Callable[[], None]], repeats: int
+) -> tuple[dict[str, list[float]], dict[str, list[float]], dict[str, float]]:
+    """Wall-clock and CPU seconds per run of each entry, alternating entries so that load changes
+    hit all of them, and the wall seconds of each entry's first (warm-up) run: allocator and oneDNN
+    primitive caches, and for a compiled step its compilation."""
+    first = {name: timed(fn)[0] for name, fn in runs.items()}
+    wall: dict[str, list[float]] = {name: [] for name in runs}
+    cpu: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(repeats):
         for name, fn in runs.items():
-            times[name].append(timed(fn))
-    return times
+            w, c = timed(fn)
+            wall[name].append(w)
+            cpu[name].append(c)
+    return wall, cpu, first
 
 
 @torch.inference_mode()
@@ -231,9 +282,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed runs of each decode setting (median)")
     parser.add_argument("--batches", default="1,16", help="batch sizes (default 1,16)")
     parser.add_argument("--out", default="benchmarks/results/generate_speed.json")
+    parser.add_argument(
+        "--before", help="an earlier result file to keep in the new one under 'before' (e.g. the file --out replaces)"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
+    load = [round(x, 2) for x in os.getloadavg()]
     batches = [int(b) for b in args.batches.split(",")]
 
     pipe, source = load_pipeline()
@@ -258,51 +313,76 @@ def main() -> None:
     model_bf16 = model_bf16.to(torch.bfloat16)
 
     decode: dict[str, Any] = {}
+    compiled_step = DecodeStep(model, compile=True)  # one per model: it keeps a graph per batch bucket
     for batch in batches:
         runs = {
             "ours_fp32": ours_decode(model, prompt, batch, steps, allowed),
             "hf_fp32": hf_decode(hf, prompt, batch, steps),
+            # The fixed-shape step compiled (inductor; on a CPU frozen weights and autotuned GEMMs).
+            "ours_compiled_fp32": ours_decode(model, prompt, batch, steps, allowed, compiled_step),
             "ours_bf16": ours_decode(model_bf16, prompt, batch, steps, allowed),
             # The fixed-shape step (whole cache read under a slot mask), eager: what compile and
             # CUDA graphs take; on a CPU it reads more cache than the kv_len-sliced default.
             "ours_static_fp32": ours_decode(model, prompt, batch, steps, allowed, DecodeStep(model, static=True)),
         }
-        times = interleaved(runs, args.repeats)
+        times, cpu, first = interleaved(runs, args.repeats)
         row: dict[str, Any] = {}
         for name, ts in times.items():
             median = statistics.median(ts)
             row[name] = {
                 "seconds": [round(t, 3) for t in ts],
+                "cpu_seconds": [round(t, 3) for t in cpu[name]],
+                "first_run_seconds": round(first[name], 2),
                 "image_tokens_per_s": round(batch * steps / median, 1),
                 "ms_per_step": round(median / steps * 1e3, 2),
+                "cpu_ms_per_step": round(statistics.median(cpu[name]) / steps * 1e3, 2),
             }
-        row["speedup_vs_hf_fp32"] = round(
-            statistics.median(times["hf_fp32"]) / statistics.median(times["ours_fp32"]), 2
-        )
-        row["static_step_vs_default"] = round(
-            statistics.median(times["ours_fp32"]) / statistics.median(times["ours_static_fp32"]), 2
-        )
-        row["bf16_speedup_vs_fp32"] = round(
-            statistics.median(times["ours_fp32"]) / statistics.median(times["ours_bf16"]), 2
-        )
+        for name in ("ours_fp32", "ours_compiled_fp32", "hf_fp32"):
+            row[name]["peak_rss_rise_mb"] = _mb(peak_rss_rise(runs[name]))
+
+        row["speedup_vs_hf_fp32"] = ratio(times, "hf_fp32", "ours_fp32")
+        row["compiled_speedup_vs_hf_fp32"] = ratio(times, "hf_fp32", "ours_compiled_fp32")
+        row["compiled_vs_default"] = ratio(times, "ours_fp32", "ours_compiled_fp32")
+        row["static_step_vs_default"] = ratio(times, "ours_fp32", "ours_static_fp32")
+        row["bf16_speedup_vs_fp32"] = ratio(times, "ours_fp32", "ours_bf16")
+        row["cpu_time"] = {  # the same ratios over CPU seconds
+            "speedup_vs_hf_fp32": ratio(cpu, "hf_fp32", "ours_fp32"),
+            "compiled_speedup_vs_hf_fp32": ratio(cpu, "hf_fp32", "ours_compiled_fp32"),
+            "compiled_vs_default": ratio(cpu, "ours_fp32", "ours_compiled_fp32"),
+            "static_step_vs_default": ratio(cpu, "ours_fp32", "ours_static_fp32"),
+            "bf16_speedup_vs_fp32": ratio(cpu, "ours_fp32", "ours_bf16"),
+        }
         decode[f"batch_{batch}"] = row
         print(
             f"batch {batch}: "
-            + ", ".join(f"{k} {v['image_tokens_per_s']} tok/s" for k, v in row.items() if isinstance(v, dict))
-            + f"; vs HF x{row['speedup_vs_hf_fp32']}, bf16 x{row['bf16_speedup_vs_fp32']}"
+            + ", ".join(f"{k} {v['image_tokens_per_s']} tok/s" for k, v in row.items() if k in runs)
+            + f"; vs HF: eager x{row['speedup_vs_hf_fp32']}, compiled x{row['compiled_speedup_vs_hf_fp32']}"
+            + f" (CPU time: x{row['cpu_time']['speedup_vs_hf_fp32']}, x{row['cpu_time']['compiled_speedup_vs_hf_fp32']})"
+            + f"; bf16 x{row['bf16_speedup_vs_fp32']}; compile+first run {first['ours_compiled_fp32']:.1f} s"
+            + "; peak RSS rise MB: "
+            + ", ".join(f"{k} {row[k]['peak_rss_rise_mb']}" for k in ("ours_fp32", "ours_compiled_fp32", "hf_fp32")),
+            flush=True,
         )
 
     floor: dict[str, Any] = {}
     if "batch_1" in decode:
         per_token = decode["batch_1"]["ours_fp32"]["ms_per_step"] / 1e3
+        compiled = decode["batch_1"]["ours_compiled_fp32"]["ms_per_step"] / 1e3
+        cpu_ms = {k: decode["batch_1"][k]["cpu_ms_per_step"] for k in ("ours_fp32", "ours_compiled_fp32")}
         floor = {
             "weight_bytes": w_bytes,
             "copy_bandwidth_gb_s": round(bandwidth / 1e9, 2),
             "floor_ms_per_token": round(floor_s * 1e3, 3),
             "ours_fp32_ms_per_token": round(per_token * 1e3, 2),
             "ratio_to_floor": round(per_token / floor_s, 2),
+            "ours_compiled_fp32_ms_per_token": round(compiled * 1e3, 2),
+            "compiled_ratio_to_floor": round(compiled / floor_s, 2),
+            "cpu_time_ratio_to_floor": {k: round(v / 1e3 / floor_s, 2) for k, v in cpu_ms.items()},
         }
-        print(f"batch-1 decode {per_token * 1e3:.2f} ms/token = {per_token / floor_s:.2f} x the floor")
+        print(
+            f"batch-1 decode {per_token * 1e3:.2f} ms/token = {per_token / floor_s:.2f} x the floor; "
+            f"compiled {compiled * 1e3:.2f} ms/token = {compiled / floor_s:.2f} x"
+        )
 
     quality = bf16_quality(model, prompt, steps, allowed)
     print(f"bf16 vs fp32 next-code distributions: {quality}")
@@ -348,8 +428,12 @@ def main() -> None:
             "cpu": cpu_name(),
             "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "repeats": args.repeats,
+            "machine": "shared: 2 cores; a DDP training job and other engineers' runs in the background",
+            "load_average_at_start": load,
         },
     }
+    if args.before:
+        result["before"] = json.loads(Path(args.before).read_text())
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")

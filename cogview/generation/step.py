@@ -8,6 +8,7 @@ the prefill, for forced runs and for each sampled token.
 
 from __future__ import annotations
 
+import functools
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -62,8 +63,21 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 
 # Inductor settings of a compiled CPU step. The step's matrix-vector products dominate it, and the
 # BLAS ones ran 3-5x below the memory bandwidth here (AMD EPYC, MKL); with frozen weights
-# max-autotune may pick its own C++ GEMM kernels instead, which read the weights at near-copy speed.
-CPU_COMPILE_OPTIONS = {"freezing": True, "max_autotune": True}
+# max-autotune may pick its own C++ GEMM kernels instead (measured: half the step's CPU time).
+CPU_COMPILE_MODE = "max-autotune-no-cudagraphs"
+
+
+def _frozen(compiled: Callable[..., torch.Tensor], *args: object) -> torch.Tensor:
+    """Call ``compiled`` with inductor's weight freezing on, for this call only.
+
+    Freezing is read outside ``torch.compile(options=...)``'s scope (given there, the weights stayed
+    graph inputs and the GEMMs BLAS calls), so it is set around each call: a call may compile (a
+    new batch size), and nothing outlives it.
+    """
+    from torch._inductor import config  # only where a step is compiled: importing it is not free
+
+    with config.patch(freezing=True):
+        return compiled(*args)
 
 
 def bucket(n: int) -> int:
@@ -98,8 +112,8 @@ class DecodeStep:
     one launch instead of hundreds; the graph is bound to the cache's buffers, so a new cache (a
     new chunk) is captured anew. Multi-token feeds (prefill, forced runs) stay eager.
 
-    On a CPU, inductor compiles with :data:`CPU_COMPILE_OPTIONS` unless ``mode`` is given: frozen
-    weights and autotuned C++ GEMMs, which beat the BLAS matrix-vector products that bound a
+    On a CPU, inductor compiles with :data:`CPU_COMPILE_MODE` and frozen weights unless ``mode`` is
+    given: autotuned C++ GEMMs, which beat the BLAS matrix-vector products that bound a
     decode step there (docs/generation.md, "Speed"). Frozen means the weights are copied into the
     compiled code: a step compiled before the model's weights change keeps the old ones.
     """
@@ -121,14 +135,12 @@ class DecodeStep:
         self._graphs: dict[tuple, _Graph] = {}
         self.static = static or compile or cuda_graph
         self.compiled = compile
-        options = None
-        if backend == "inductor" and mode is None and model.tok_embeddings.weight.device.type == "cpu":
-            options = dict(CPU_COMPILE_OPTIONS)
-        self._step = (
-            torch.compile(_one_token, fullgraph=True, dynamic=False, backend=backend, mode=mode, options=options)
-            if compile
-            else _one_token
-        )
+        self._step: Callable[..., torch.Tensor] = _one_token
+        if compile:
+            cpu = backend == "inductor" and mode is None and model.tok_embeddings.weight.device.type == "cpu"
+            mode = CPU_COMPILE_MODE if cpu else mode
+            compiled = torch.compile(_one_token, fullgraph=True, dynamic=False, backend=backend, mode=mode)
+            self._step = functools.partial(_frozen, compiled) if cpu else compiled
 
     def feed(
         self,

@@ -290,3 +290,18 @@ def test_batch_buckets_and_cuda_graphs_need_a_gpu(model: CogViewTransformer) -> 
     assert list(BATCH_BUCKETS) == sorted(BATCH_BUCKETS)
     with pytest.raises(ValueError, match="CUDA"):
         DecodeStep(model, cuda_graph=True)  # the CUDA-graph path itself needs a GPU run (benchmarks/gpu_decode.py)
+
+
+def test_a_compiled_cpu_step_freezes_its_weights_only_while_it_runs(model: CogViewTransformer) -> None:
+    # Inductor reads `freezing` outside torch.compile's options (given there, the weights stayed
+    # graph inputs and the GEMMs BLAS calls), so the CPU step sets it around each call only.
+    from torch._inductor import config
+
+    from cogview.generation.step import _frozen
+
+    assert not config.freezing
+    assert _frozen(lambda: config.freezing) is True
+    assert not config.freezing
+    step = DecodeStep(model, compile=True)  # nothing compiles until the first call
+    assert step.static and step.compiled and getattr(step._step, "func", None) is _frozen
+    assert getattr(DecodeStep(model, compile=True, backend="aot_eager")._step, "func", None) is None
