@@ -127,5 +127,11 @@ def create_app(
         """The image at twice its size, by super-resolution in token space."""
         return await run(request, "upscale", lambda: service.upscale(req))
 
+    @app.post("/api/edit")
+    async def edit(req: schemas.EditRequest, request: Request) -> Any:
+        """One image edited in token space from a prompt: one region (mask, box, rows, prefix,
+        shift, pad or strength) says which codes are sampled; the others are kept."""
+        return await run(request, "edit", lambda: service.edit(req))
+
     paths.update(route.path for route in app.routes if hasattr(route, "path"))
     return app

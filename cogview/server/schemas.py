@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from cogview.generation.editing import region_mode
 from cogview.generation.sampling import SAMPLING_FIELDS
 
 # One request must stay a few seconds of CPU work: these bound what a client can ask for.
@@ -110,10 +111,51 @@ class UpscaleRequest(Sampling):
     seed: Seed = 0
 
 
+Pixels = Annotated[int, Field(ge=-4096, le=4096)]  # no image side exceeds 4096 (cogview.images)
+# JSON arrays (strict mode takes no list for a tuple): ``[left, top, right, bottom]``, ``[dx, dy]``.
+Sides = Annotated[list[Pixels], Field(min_length=4, max_length=4)]
+
+
+class EditRequest(Sampling):
+    """``pipe.edit``'s arguments: the image, the prompt and exactly one region (its keyword names)."""
+
+    image: ImageData
+    prompt: Text
+    mask: ImageData | None = Field(None, description="base64 PNG of the image's size; non-zero = regenerate")
+    box: Sides | None = Field(None, description="left, top, right, bottom px (right, bottom exclusive)")
+    rows: int | None = Field(None, ge=1, le=4096, description="completion: code rows kept from the top")
+    prefix: int | None = Field(None, ge=1, le=2**24, description="completion: codes kept in raster order")
+    shift: Annotated[list[Pixels], Field(min_length=2, max_length=2)] | None = Field(
+        None, description="outpainting: dx, dy px on the canvas (right, down positive)"
+    )
+    pad: Pixels | Sides | None = Field(
+        None, description="outpainting: px of new canvas, one or left, top, right, bottom"
+    )
+    strength: float | None = Field(None, description="variations: fraction of codes re-sampled, in (0, 1]")
+    grow: int | None = Field(None, ge=0, le=64, description="inpainting: code cells the hole widens by")
+    candidates: int | None = Field(None, ge=1, le=MAX_CANDIDATES, description="None: the mode's default")
+    select: Literal["suffix", "caption"] | None = None  # editing.SELECTIONS
+    seed: Seed | None = None  # None: a random one, returned with the image
+    guidance_scale: float | None = Field(None, ge=0, le=20)
+
+    @model_validator(mode="after")
+    def _one_region(self) -> EditRequest:
+        region_mode(None, **self.region())  # pipe.edit's own check and message
+        return self
+
+    def region(self) -> dict[str, Any]:
+        """The region arguments as ``pipe.edit`` takes them (the mask still base64)."""
+        return {name: getattr(self, name) for name in REGION_FIELDS}
+
+
+REGION_FIELDS = ("mask", "box", "rows", "prefix", "shift", "pad", "strength")
+
+
 # Body model of each POST endpoint, for error messages that list the fields it takes.
 REQUESTS: dict[str, type[Request]] = {
     "/api/generate": GenerateRequest,
     "/api/caption": CaptionRequest,
     "/api/score": ScoreRequest,
     "/api/upscale": UpscaleRequest,
+    "/api/edit": EditRequest,
 }

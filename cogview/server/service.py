@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from cogview.generation.editing import Editor, EditResult, pixel_mask
 from cogview.generation.text_to_image import PromptResult
 from cogview.pipeline import CogViewPipeline
 from cogview.server import schemas
@@ -163,3 +164,32 @@ class Service:
             return {"png": png, "width": big.size[0], "height": big.size[1], "seed": req.seed}
 
         return run
+
+    def edit(self, req: schemas.EditRequest) -> Callable[[], dict[str, Any]]:
+        """``pipe.edit`` of one image: inpaint, complete, outpaint or vary it from the prompt."""
+        self._require("text_to_image", "edit images (editing samples with the text-to-image model)")
+        image = decode_image(req.image)
+        region = req.region()
+        if req.mask is not None:
+            region["mask"] = decode_image(req.mask, "mask").convert("L")
+            pixel_mask(region["mask"], image.size)  # a mask of another size fails now, not after the queue
+        seed = random_seed() if req.seed is None else req.seed
+        options = {"grow": req.grow, "candidates": req.candidates, "select": req.select, "seed": seed}
+        editor = Editor(self.pipeline.text_to_image, self.pipeline.captioner)  # what pipe.edit runs
+
+        def run() -> dict[str, Any]:
+            try:
+                result = editor.run(image, req.prompt, **region, **options, **req.sampling_overrides())
+            except TypeError as e:  # a wrong argument type is the client's error too
+                raise ValueError(str(e)) from e
+            return self.edit_reply(result)
+
+        return run
+
+    @staticmethod
+    def edit_reply(result: EditResult) -> dict[str, Any]:
+        """The edited PNG, the settings and seed used, and which code cells were sampled."""
+        (png,) = encode_images([result.image])
+        width, height = result.image.size
+        regenerated = result.regenerate.int().tolist()
+        return {**result.to_dict(), "png": png, "width": width, "height": height, "regenerated": regenerated}

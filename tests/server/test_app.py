@@ -50,6 +50,7 @@ def test_openapi_schema_names_each_endpoint_s_body(client: TestClient) -> None:
         ("generate", "GenerateRequest"),
         ("caption", "CaptionRequest"),
         ("score", "ScoreRequest"),
+        ("edit", "EditRequest"),
     ]:
         body = paths[f"/api/{path}"]["post"]["requestBody"]["content"]["application/json"]["schema"]
         assert body["$ref"].endswith(model)
@@ -60,7 +61,8 @@ def test_the_page_is_one_self_contained_file(client: TestClient) -> None:
     reply = client.get("/")
     assert reply.status_code == 200 and reply.headers["content-type"].startswith("text/html")
     page = reply.text
-    for part in ('id="prompt"', 'id="generate"', 'id="caption-file"', 'id="error"', "pixelated"):
+    ids = ("prompt", "generate", "caption-file", "edit-file", "edit-mode", "error")
+    for part in (*(f'id="{i}"' for i in ids), "pixelated"):
         assert part in page
     assert 'src="http' not in page and 'href="http' not in page  # no CDN: the machine may be offline
 

@@ -90,7 +90,7 @@ def browser(chromium: None, tmp_path: Path) -> Iterator[Any]:
         driver.quit()
 
 
-def test_generate_and_caption_in_the_page(browser: Any, url: str, tmp_path: Path) -> None:
+def test_generate_caption_and_edit_in_the_page(browser: Any, url: str, tmp_path: Path) -> None:
     wait = WebDriverWait(browser, 120)
     browser.get(url + "/")
     wait.until(lambda d: "jobs:" in d.find_element(By.ID, "model").text)
@@ -139,6 +139,20 @@ def test_generate_and_caption_in_the_page(browser: Any, url: str, tmp_path: Path
     wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#captions li"))
     caption = browser.find_element(By.CSS_SELECTOR, "#captions li").text
     assert caption and not caption.isascii()
+
+    # Edit panel: the same picture, its top five code rows kept and the rest completed.
+    browser.find_element(By.ID, "edit-file").send_keys(str(picture))
+    browser.find_element(By.CSS_SELECTOR, "#edit-mode option[value=rows]").click()
+    assert not browser.find_element(By.ID, "edit-left").is_displayed()
+    assert browser.find_element(By.ID, "edit-rows").is_displayed()
+    browser.find_element(By.ID, "edit-prompt").send_keys(PROMPT)
+    browser.find_element(By.ID, "edit-seed").send_keys("2")
+    browser.find_element(By.ID, "edit").click()
+    wait.until(lambda d: d.find_element(By.ID, "edit-output").is_displayed())
+    edited = browser.find_element(By.ID, "edit-output").get_attribute("src")
+    assert decode_png(edited.split(",", 1)[1]).size == (32, 32)
+    assert "complete · seed 2 · 176/256 codes sampled" in browser.find_element(By.ID, "edit-summary").text
+    assert not browser.find_element(By.ID, "error").is_displayed()
 
     shot = Path(os.environ.get("COGVIEW_SCREENSHOT") or tmp_path / "server_page.png")
     shot.parent.mkdir(parents=True, exist_ok=True)
