@@ -282,6 +282,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed runs of each decode setting (median)")
     parser.add_argument("--batches", default="1,16", help="batch sizes (default 1,16)")
     parser.add_argument("--out", default="benchmarks/results/generate_speed.json")
+    parser.add_argument("--note", default="", help="what else ran on the machine, kept in the JSON beside the load average")
     parser.add_argument(
         "--before", help="an earlier result file to keep in the new one under 'before' (e.g. the file --out replaces)"
     )
@@ -428,7 +429,7 @@ def main() -> None:
             "cpu": cpu_name(),
             "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "repeats": args.repeats,
-            "machine": "shared: 2 cores; a DDP training job and other engineers' runs in the background",
+            "machine": f"{os.cpu_count()} cores; {args.note}" if args.note else f"{os.cpu_count()} cores",
             "load_average_at_start": load,
         },
     }

@@ -14,7 +14,7 @@ server right after the other (only one is busy at a time), so both see the same 
 a shared CPU: only their ratio is meaningful there. Loopback only; bounded by ``--rounds``,
 ``--lock-rounds`` and ``--max-seconds`` per level.
 
-Run: .venv/bin/python benchmarks/serve_load.py [--clients 1 8 16 32] [--threads 1]
+Run: .venv/bin/python benchmarks/serve_load.py [--clients 1 8 16 32] [--threads N]
      [--rounds 2] [--lock-rounds 1] [--out benchmarks/results/serve_load.json]
 """
 
@@ -251,7 +251,13 @@ def main() -> None:
         description=__doc__.split("\n\n")[0], epilog="Writes a table to stdout and the numbers to --out."
     )
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 16, 32], help="concurrency levels")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads of each server (default: 1)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=torch.get_num_threads(),
+        help="torch threads of each server (default: torch's, as `cogview serve` without --threads: "
+        f"{torch.get_num_threads()} here)",
+    )
     parser.add_argument(
         "--rounds", type=int, default=2, help="requests per client and level, batched server (default: 2)"
     )
