@@ -4,6 +4,10 @@ Batches are drawn with a generator seeded by (seed, step), and the learning rate
 function of the step, so a resumed run replays exactly what an uninterrupted run would have
 done. Dead codes are restarted every ``restart_every`` steps during the first ``restart_until``
 fraction of training, then the codebook is left to settle.
+
+A run may start from a trained tokenizer (``init_from``) and train its decoder only
+(``train_parts="decoder"``): the encoder and the codebook stay frozen, so every image keeps its
+codes and a transformer trained on them needs no retraining, while the reconstructions improve.
 """
 
 from __future__ import annotations
@@ -50,6 +54,8 @@ class TokenizerTrainConfig:
     keep_last: int = 2
     seed: int = 0
     threads: int = 0  # torch intra-op threads; 0 = torch's default
+    init_from: str = ""  # a tokenizer folder to start from (its architecture must equal ``model``)
+    train_parts: str = "all"  # "all", or "decoder": encoder and codebook frozen, codes unchanged
 
     def __post_init__(self) -> None:
         if not self.datasets:
@@ -63,6 +69,10 @@ class TokenizerTrainConfig:
         if not 0 <= self.restart_until <= 1:
             raise ValueError(f"restart_until is a fraction in [0, 1], got {self.restart_until}")
         VQVAEConfig.from_dict(self.model)  # validates the architecture early
+        if self.train_parts not in ("all", "decoder"):
+            raise ValueError(f"train_parts must be 'all' or 'decoder', got {self.train_parts!r}")
+        if self.train_parts == "decoder" and not self.init_from:
+            raise ValueError("train_parts='decoder' needs init_from: a trained tokenizer whose codes to keep")
 
     @property
     def vqvae(self) -> VQVAEConfig:
@@ -143,6 +153,36 @@ def _save_reconstructions(model: VQVAE, images: torch.Tensor, path: Path) -> Non
     make_grid(tiles, columns=16, scale=2).save(path)
 
 
+def _initial_model(cfg: TokenizerTrainConfig) -> VQVAE:
+    """A fresh VQ-VAE, or the one in ``cfg.init_from`` (same architecture required)."""
+    if not cfg.init_from:
+        return VQVAE(cfg.vqvae)
+    model = ImageTokenizer.from_pretrained(cfg.init_from).model
+    if model.config != cfg.vqvae:
+        raise ValueError(
+            f"init_from={cfg.init_from} holds a tokenizer of another architecture than the config's model: "
+            f"{model.config.to_dict()} against {cfg.vqvae.to_dict()}"
+        )
+    return model
+
+
+def _train_mode(model: VQVAE, parts: str) -> VQVAE:
+    """Training mode for the parts that learn; frozen parts stay in eval (no codebook EMA updates)."""
+    model.train()
+    if parts == "decoder":
+        model.enc_b.eval()
+        model.quantize_t.eval()
+    return model
+
+
+def _trainable(model: VQVAE, parts: str) -> list[torch.nn.Parameter]:
+    keep = model.dec.parameters() if parts == "decoder" else model.parameters()
+    trainable = {id(p) for p in keep}
+    for p in model.parameters():
+        p.requires_grad_(id(p) in trainable)
+    return [p for p in model.parameters() if p.requires_grad]
+
+
 def train_tokenizer(
     cfg: TokenizerTrainConfig,
     out_dir: str | os.PathLike,
@@ -161,8 +201,8 @@ def train_tokenizer(
         torch.set_num_threads(cfg.threads)
     vq_cfg = cfg.vqvae
     torch.manual_seed(cfg.seed)
-    model = VQVAE(vq_cfg).train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    model = _train_mode(_initial_model(cfg), cfg.train_parts)
+    optimizer = torch.optim.Adam(_trainable(model, cfg.train_parts), lr=cfg.lr)
     start = 0
     ckpt = latest_checkpoint(out) if resume else None
     if resume and ckpt is None:
@@ -173,8 +213,8 @@ def train_tokenizer(
             raise ValueError(
                 f"{ckpt} was written with a different training config; resume with the same config"
             )
-        model = ImageTokenizer.from_pretrained(ckpt).model.train()
-        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+        model = _train_mode(ImageTokenizer.from_pretrained(ckpt).model, cfg.train_parts)
+        optimizer = torch.optim.Adam(_trainable(model, cfg.train_parts), lr=cfg.lr)
         optimizer.load_state_dict(state["optimizer"])
         set_rng_state(state["rng"])
         start = int(state["step"])
@@ -201,13 +241,13 @@ def train_tokenizer(
             {"optimizer": optimizer.state_dict(), "train_config": cfg.to_dict()},
             cfg.keep_last,
         )
-        model.train()
+        _train_mode(model, cfg.train_parts)
 
     for step in bar:
         lr = lr_at(step, cfg.lr, cfg.warmup, cfg.steps, cfg.min_lr_ratio)
         set_lr(optimizer, lr)
         pixels = images[batch_indices(len(images), cfg.batch_size, cfg.seed, step)].float() / 255
-        restart = bool(every) and step < restart_stop and step % every == 0
+        restart = bool(every) and step < restart_stop and step % every == 0 and cfg.train_parts == "all"
         g = torch.Generator().manual_seed(cfg.seed + 7919 * step)
         result = model(pixels, generator=g, restart=restart)
         optimizer.zero_grad(set_to_none=True)

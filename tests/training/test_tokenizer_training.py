@@ -91,3 +91,34 @@ def test_config_errors_name_the_problem() -> None:
         TokenizerTrainConfig.from_dict({"model": "huge"})
     with pytest.raises(ValueError, match="batch_size must be positive"):
         TokenizerTrainConfig(batch_size=0)
+
+
+def test_decoder_only_training_keeps_every_code_and_resumes_exactly(tmp_path: Path) -> None:
+    train_tokenizer(config(), tmp_path / "base", progress=False)
+    base = tmp_path / "base" / "model"
+    cfg = config(init_from=str(base), train_parts="decoder", steps=6, lr=5e-3)
+    train_tokenizer(cfg, tmp_path / "dec", progress=False)
+    before = ImageTokenizer.from_pretrained(base)
+    after = ImageTokenizer.from_pretrained(tmp_path / "dec" / "model")
+    a, b = before.model.state_dict(), after.model.state_dict()
+    frozen = [k for k in a if not k.startswith("dec.")]
+    assert frozen and all(torch.equal(a[k], b[k]) for k in frozen)  # encoder, codebook and its EMA state
+    assert any(not torch.equal(a[k], b[k]) for k in a if k.startswith("dec."))
+    images = torch.rand(6, 3, 32, 32)
+    assert torch.equal(before.model.encode(images), after.model.encode(images))
+    # Exact resume holds for the decoder-only run too.
+    train_tokenizer(cfg, tmp_path / "dec2", max_steps=4, progress=False)
+    train_tokenizer(cfg, tmp_path / "dec2", resume=True, progress=False)
+    c = ImageTokenizer.from_pretrained(tmp_path / "dec2" / "model").model.state_dict()
+    assert all(torch.equal(b[k], c[k]) for k in b)
+
+
+def test_decoder_only_training_needs_a_tokenizer_of_the_same_architecture(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="needs init_from"):
+        config(train_parts="decoder")
+    with pytest.raises(ValueError, match="'all' or 'decoder'"):
+        config(train_parts="encoder")
+    train_tokenizer(config(steps=2), tmp_path / "base", progress=False)
+    other = {**VQVAE_PRESETS["tiny"].to_dict(), "n_embed": VQVAE_PRESETS["tiny"].n_embed * 2}
+    with pytest.raises(ValueError, match="another architecture"):
+        train_tokenizer(config(model=other, init_from=str(tmp_path / "base" / "model")), tmp_path / "x", progress=False)
