@@ -10,6 +10,14 @@
 #   STAGE=3  token shards with the chosen grid (GRID=8 or 16): emoji with every caption template,
 #            shapes and digits as for the shipped model
 #   STAGE=4  text-to-image transformer on the mixture, DDP on both cores (configs/emoji-t2i.json)
+#   STAGE=5  shards for the other two jobs, with the same tokenizers: image-to-text rows (one
+#            caption template per emoji; shapes; digits) and super-resolution rows (32 px -> 64 px:
+#            8x8 codes, then the 16x16 codes of the 64 px render)
+#   STAGE=6  one multi-task transformer: stage 4's weights continued on text-to-image and
+#            image-to-text rows together, DDP (configs/emoji-multitask.json)
+#   STAGE=7  the super-resolution transformer with cell inputs, DDP (configs/emoji-sr.json)
+#   STAGE=dec  the 8x8 tokenizer's decoder trained further, encoder and codebook frozen (codes
+#            unchanged, so the transformers need nothing new; configs/tokenizer-emoji-8x8-decoder.json)
 #   probe    the recall probe: 200 emoji, 20 epochs, one core (configs/emoji-probe200.json)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -57,4 +65,26 @@ if run 4; then
   fi
   "$PY" -m torch.distributed.run --standalone --nproc_per_node 2 -m cogview train \
     --config configs/emoji-t2i.json --out "$OUT/emoji/t2i" --resume "${extra[@]}"  # data: runs/emoji/shards8
+fi
+if run 5; then
+  prep --dataset emoji --split train --out "$SHARDS/emoji-train-i2t" --tasks image_to_text
+  prep --dataset shapes --split train --out "$SHARDS/shapes-train-i2t" --tasks image_to_text --max-examples 4000
+  prep --dataset digits --split train --out "$SHARDS/digits-train-i2t" --tasks image_to_text --max-examples 4000
+  prep --dataset emoji --split train --out "$SHARDS/emoji-train-sr" --tasks super_resolution --sr-window "$GRID"
+  prep --dataset shapes --split train --out "$SHARDS/shapes-train-sr" --tasks super_resolution --sr-window "$GRID" \
+    --max-examples 4000
+  prep --dataset digits --split train --out "$SHARDS/digits-train-sr" --tasks super_resolution --sr-window "$GRID" \
+    --max-examples 4000
+fi
+ddp() { "$PY" -m torch.distributed.run --standalone --nproc_per_node 2 -m cogview train "$@"; }
+if run 6; then
+  ddp --config configs/emoji-multitask.json --out "$OUT/emoji/multitask" --resume \
+    --set init_from="$OUT/emoji/t2i/model"
+fi
+if run 7; then
+  ddp --config configs/emoji-sr.json --out "$OUT/emoji/sr" --resume
+fi
+if run dec; then
+  "$PY" -m cogview train-tokenizer --config configs/tokenizer-emoji-8x8-decoder.json \
+    --out "$OUT/tokenizer-emoji-8x8-decoder" --resume
 fi
