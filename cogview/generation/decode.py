@@ -254,6 +254,13 @@ def decode(
     min-p keeps what the conditional model finds plausible. The ids stay on the device; a
     generator that stops early (``Hooks.stop_id``) has yielded fewer than ``steps`` steps.
     ``step`` is the forward step to use (e.g. a compiled one); default: eager.
+
+    Samples can leave between steps (a server's client went away): ``send`` the generator a
+    ``[N]`` bool mask of the samples to keep instead of calling ``next``. Their rows (and guidance
+    rows) leave the cache at once, and every later step yields ids of the kept samples only, in
+    their order. Each row is computed on its own, so the kept samples' ids do not change. With a
+    fixed-shape (compiled) step a new batch size compiles anew; the scheduler that sends masks
+    runs eager steps.
     """
     N, steps = uniforms.shape
     if N < 1 or N != _samples_per_group(rows, steps):
@@ -279,7 +286,7 @@ def decode(
     forced = None if hooks.forced is None else hooks.forced.to(device)
     uniforms = uniforms.to(device=device, dtype=torch.float32)
     stopped = torch.zeros(N, dtype=torch.bool, device=device) if hooks.stop_id is not None else None
-    cache, logits = rows.cache, rows.logits
+    cache, logits, inputs = rows.cache, rows.logits, rows.inputs
     # A range of allowed ids: the steps compute only those logits (fewer output-layer rows).
     head = allowed if isinstance(allowed, range) else None
     sliced = False  # whether ``logits`` holds the allowed ids only (every step's, not the prefill's)
@@ -292,8 +299,12 @@ def decode(
             while e < steps and forced_flags[e]:
                 e += 1
             run = forced[:, i:e]  # [N, e - i]
-            for j in range(e - i):
-                yield run[:, j]
+            keep = None
+            for j in range(e - i):  # masks sent inside a forced run apply after it
+                sent = yield run[:, j]
+                if sent is not None:
+                    sent = torch.as_tensor(sent, dtype=torch.bool).cpu()
+                    keep = sent if keep is None else keep & sent
         else:
             e = i + 1
             restricted = logits if sliced else _restrict(logits, first if i == 0 else allowed)  # [G*N, V']
@@ -305,8 +316,17 @@ def decode(
             if stopped is not None:
                 ids = torch.where(stopped, hooks.stop_id, ids)  # [N]
                 stopped = stopped | (ids == hooks.stop_id)
-            yield ids
+            keep = yield ids
             run = ids[:, None]  # [N, 1]
+        if keep is not None:
+            kept = _kept_samples(keep, N)
+            if kept.numel() == 0:
+                return
+            if kept.numel() < N:
+                N, uniforms, run, cache, logits, base, inputs, forced, stopped = _select_samples(
+                    kept, N, rows.groups, uniforms, run, cache, logits, base, inputs, forced, stopped
+                )
+                base_max = int(base.max())
         if e >= steps:
             return
         if stopped is not None and e % hooks.stop_check_every == 0 and bool(stopped.all()):
@@ -314,9 +334,52 @@ def decode(
         fed = run if rows.groups == 1 else run.repeat(rows.groups, 1)  # [G*N, T]
         offsets = torch.arange(i, e, device=device)  # [T]
         slots = base[:, None] + offsets if base.numel() > 1 else base + offsets  # [G*N, T] or [T]
-        logits = step(cache, fed, slots, rows.inputs, kv_len=base_max + e, logit_ids=head)[:, -1]  # [G*N, V']
+        logits = step(cache, fed, slots, inputs, kv_len=base_max + e, logit_ids=head)[:, -1]  # [G*N, V']
         sliced = head is not None
         i = e
+
+
+def _kept_samples(keep: torch.Tensor | Sequence[bool], N: int) -> torch.Tensor:
+    """Indices of the samples a sent mask keeps (host side: the caller's own bookkeeping)."""
+    mask = torch.as_tensor(keep, dtype=torch.bool).cpu()
+    if tuple(mask.shape) != (N,):
+        raise ValueError(f"send a [{N}] bool mask of the samples to keep, got shape {tuple(mask.shape)}")
+    return mask.nonzero().flatten()
+
+
+def _select_samples(
+    kept: torch.Tensor,
+    N: int,
+    groups: int,
+    uniforms: torch.Tensor,
+    run: torch.Tensor,
+    cache: KVCache,
+    logits: torch.Tensor,
+    base: torch.Tensor,
+    inputs: SlotInputs | None,
+    forced: torch.Tensor | None,
+    stopped: torch.Tensor | None,
+) -> tuple:
+    """The per-sample and per-row state of :func:`decode` for the ``kept`` samples only.
+
+    Row r of group g belongs to sample ``r - g * N``: keeping samples keeps those rows of every group.
+    """
+    device = uniforms.device
+    samples = kept.to(device)
+    rows = torch.cat([samples + g * N for g in range(groups)])  # [G*N']
+    if inputs is not None and inputs.sources is not None:
+        inputs = SlotInputs(inputs.positions, inputs.cells, inputs.sources[rows])
+    return (
+        int(kept.numel()),
+        uniforms[samples],
+        run[samples],
+        cache.select(rows),
+        logits[rows],
+        base if base.numel() == 1 else base[rows],
+        inputs,
+        None if forced is None else forced[samples],
+        None if stopped is None else stopped[samples],
+    )
 
 
 def sample_tokens(

@@ -23,9 +23,10 @@ from cogview.generation.sampling import SamplingConfig
 from cogview.generation.text_to_image import DEFAULT_MAX_BATCH_SIZE, PromptResult, TextToImage, prompt_kind
 from cogview.pipeline import CogViewPipeline
 
-# Called after each decoded code with (codes decoded per draw, the [N, steps] codes so far);
-# returning False stops the batch (every request in it went away).
-StepCallback = Callable[[int, torch.Tensor], bool]
+# Called after each decoded code with (codes decoded per draw, the [N, steps] codes so far); it
+# returns, per part, whether that part is still wanted. Unwanted parts leave the batch at once
+# (their cache rows are dropped); when none is wanted the batch stops.
+StepCallback = Callable[[int, torch.Tensor], Sequence[bool]]
 
 
 @dataclass(frozen=True)
@@ -69,11 +70,14 @@ def decode_parts(
     parts: Sequence[Part],
     settings: SamplingConfig,
     on_step: StepCallback | None = None,
-) -> list[torch.Tensor] | None:
-    """``[n, h, w]`` codes of each part's draws, decoded together; None if ``on_step`` stopped it.
+) -> list[torch.Tensor | None] | None:
+    """``[n, h, w]`` codes of each part's draws, decoded together; None for a part ``on_step``
+    gave up on, and None instead of the list when it gave up on all of them.
 
     Row layout (guided): the conditional rows of every draw, then as many unconditional rows,
-    the two groups :func:`~cogview.generation.decode.decode` combines row by row.
+    the two groups :func:`~cogview.generation.decode.decode` combines row by row. A part given
+    up on leaves between two steps: the engine drops its rows, the other parts' codes stay those
+    they would have been.
     """
     model = t2i.model_in(t2i.resolved_dtype(None))
     steps = t2i.num_tokens
@@ -95,13 +99,29 @@ def decode_parts(
     )
     uniforms = image_uniforms([s for p in parts for s in p.seeds], steps)  # [N, steps]
     hooks = Hooks(allowed=t2i.vocab.image_range)
-    out = torch.empty((N, steps), dtype=torch.long)  # [N, steps]
-    for i, ids in enumerate(decode(model, rows, uniforms, settings, hooks, t2i.step_for(model, False))):
-        out[:, i] = ids.cpu()  # image codes are ids [0, image_size)
-        if on_step is not None and not on_step(i + 1, out):
-            return None
+    out = torch.zeros((N, steps), dtype=torch.long)  # [N, steps]
+    part_of = torch.tensor([k for k, p in enumerate(parts) for _ in p.seeds])  # [N]
+    alive = torch.arange(N)  # the draws still decoding, in the engine's row order
+    wanted = [True] * len(parts)
+    steps_left = decode(model, rows, uniforms, settings, hooks, t2i.step_for(model, False))
+    keep: torch.Tensor | None = None
+    for i in range(steps):
+        try:
+            ids = next(steps_left) if keep is None else steps_left.send(keep)
+        except StopIteration:
+            break
+        out[alive, i] = ids.cpu()  # image codes are ids [0, image_size)
+        keep = None
+        if on_step is not None:
+            wanted = [bool(w) for w in on_step(i + 1, out)]
+            if not any(wanted):
+                return None
+            mask = torch.tensor(wanted)[part_of[alive]]  # [alive]
+            if not bool(mask.all()):
+                keep, alive = mask, alive[mask]
     g = t2i.image_tokenizer.grid_size
-    return list(out.view(N, g, g).split([len(p.seeds) for p in parts]))  # [n, h, w] each
+    codes = out.view(N, g, g).split([len(p.seeds) for p in parts])  # [n, h, w] each
+    return [c if w else None for c, w in zip(codes, wanted, strict=True)]
 
 
 def preview_pixels(t2i: TextToImage, codes: torch.Tensor, rows: int) -> torch.Tensor:

@@ -11,8 +11,8 @@ that arrive together start together. Captioning, scoring and upscaling run alone
 
 Past ``max_queue`` waiting requests a new one is refused at once (:class:`Busy`, a 503). A request
 that is cancelled (its client went away) or outlives its deadline leaves the queue before its
-batch starts; once decoding, its rows run to the end of the batch, unless every request of the
-batch is gone, in which case the batch stops at the next step. ``batching=False`` runs one
+batch starts; once decoding, its rows leave the batch at the next step (the engine drops them
+from the cache), and when every request of the batch is gone the batch stops there. ``batching=False`` runs one
 request per batch: the one-lock server of earlier versions, kept for comparison.
 """
 
@@ -328,10 +328,18 @@ class Scheduler:
 
         decoded = [0]  # codes per draw so far
 
-        def on_step(done: int, codes: torch.Tensor) -> bool:
+        rows_per_draw = pieces[0].work.rows_per_draw
+        decoding = [offsets[-1]]  # draws that decoded the last step
+        tokens = [0]  # codes decoded in this batch, over all draws
+
+        def on_step(done: int, codes: torch.Tensor) -> list[bool]:
             decoded[0] = done
-            if not any(p.ticket.live for p in pieces):
-                return False  # everyone left: stop at this step
+            tokens[0] += decoding[0]
+            live = [p.ticket.live for p in pieces]
+            decoding[0] = sum(p.stop - p.start for p, w in zip(pieces, live, strict=True) if w)
+            if not any(live):
+                return live  # everyone left: stop at this step
+            self._running_rows = rows_per_draw * decoding[0]
             if done % g == 0:
                 for p in pieces:
                     t = p.ticket
@@ -339,7 +347,7 @@ class Scheduler:
                     t.emit("progress", {"codes_done": codes_done, "codes_total": p.work.draws * steps})
                 if done < steps and (done // g) % self.preview_rows == 0:
                     self._previews(pieces, offsets, codes.view(-1, g, g), done // g)
-            return True
+            return live  # a request gone since the last step leaves the batch now
 
         start = time.perf_counter()
         try:
@@ -354,12 +362,14 @@ class Scheduler:
         seconds = time.perf_counter() - start
         self._batch_seconds = 0.7 * self._batch_seconds + 0.3 * seconds
         rows = sum(p.stop - p.start for p in pieces) * pieces[0].work.rows_per_draw
-        self.metrics.batch(rows / self.max_batch_rows, decoded[0] * offsets[-1], seconds)
+        self.metrics.batch(rows / self.max_batch_rows, tokens[0], seconds)
         logger.info("batch of %d request(s), %d rows: %.2f s", len(pieces), rows, seconds)
         if codes is None:
             logger.info("batch stopped after %d of %d codes: its requests went away", decoded[0], steps)
             return
         for piece, part_codes in zip(pieces, codes, strict=True):
+            if part_codes is None:  # its request left the batch
+                continue
             t = piece.ticket
             t.codes.append(part_codes)
             t.done_draws += piece.stop - piece.start

@@ -305,3 +305,50 @@ def test_a_compiled_cpu_step_freezes_its_weights_only_while_it_runs(model: CogVi
     step = DecodeStep(model, compile=True)  # nothing compiles until the first call
     assert step.static and step.compiled and getattr(step._step, "func", None) is _frozen
     assert getattr(DecodeStep(model, compile=True, backend="aot_eager")._step, "func", None) is None
+
+
+def test_samples_leave_between_steps_and_the_others_keep_their_ids(model: CogViewTransformer) -> None:
+    uniforms = torch.rand(4, 12, generator=torch.Generator().manual_seed(5))
+    config = SamplingConfig(temperature=1.0, top_k=40, guidance_scale=2.0)
+    full = _tokens(model, PROMPT, uniforms, config, uncond=UNCOND)  # [4, 12]
+    rows_fed: list[int] = []
+    handle = model.register_forward_pre_hook(lambda _, args: rows_fed.append(args[0].shape[0]))
+    try:
+        steps = sample_tokens(model, prefill(model, [PROMPT, UNCOND], 12), uniforms, config, ALLOWED)
+        got = [next(steps)]
+        got.append(steps.send(torch.tensor([True, False, True, True])))  # sample 1 leaves after step 0
+        got.extend(next(steps) for _ in range(2, 6))
+        got.append(steps.send([True, False, True]))  # then the second of samples 0, 2, 3
+        got.extend(steps)
+    finally:
+        handle.remove()
+    assert [tuple(g.shape) for g in got] == [(4,), (3,), (3,), (3,), (3,), (3,), (2,)] + [(2,)] * 5
+    assert torch.equal(got[0], full[:, 0])
+    assert all(torch.equal(got[i], full[[0, 2, 3], i]) for i in range(1, 6))
+    assert all(torch.equal(got[i], full[[0, 3], i]) for i in range(6, 12))
+    # Rows fed per forward: the prefill (2 prompts), then 8 guided rows, 6 after the first leave, 4 after the second.
+    assert rows_fed == [2, 6, 6, 6, 6, 6, 4, 4, 4, 4, 4, 4]
+    steps = sample_tokens(model, prefill(model, [PROMPT, UNCOND], 12), uniforms, config, ALLOWED)
+    next(steps)
+    with pytest.raises(StopIteration):
+        steps.send(torch.zeros(4, dtype=torch.bool))  # everyone left: the generator ends
+    steps = sample_tokens(model, prefill(model, [PROMPT, UNCOND], 12), uniforms, config, ALLOWED)
+    next(steps)
+    with pytest.raises(ValueError, match=r"\[4\] bool mask"):
+        steps.send(torch.ones(3, dtype=torch.bool))
+
+
+def test_a_mask_sent_inside_a_forced_run_applies_after_it(model: CogViewTransformer) -> None:
+    forced = torch.randint(0, 100, (3, 6), generator=torch.Generator().manual_seed(1))
+    flags = torch.tensor([False, True, True, False, False, False])
+    hooks = Hooks(allowed=ALLOWED, forced=forced, forced_steps=flags)
+    state = prefill(model, [PROMPT] * 3, 6)
+    uniforms = torch.rand(3, 6, generator=torch.Generator().manual_seed(2))
+    config = SamplingConfig(temperature=1.0, top_k=40)
+    full = torch.stack(list(decode(model, as_rows(state), uniforms, config, hooks)), 1)  # [3, 6]
+    steps = decode(model, as_rows(prefill(model, [PROMPT] * 3, 6)), uniforms, config, hooks)
+    got = [next(steps), next(steps), steps.send([True, True, False])]  # sent while step 2 is forced
+    got.extend(steps)
+    assert [g.shape[0] for g in got] == [3, 3, 3, 2, 2, 2]
+    assert all(torch.equal(got[i], full[:, i]) for i in range(3))
+    assert all(torch.equal(got[i], full[:2, i]) for i in range(3, 6))

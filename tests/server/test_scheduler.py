@@ -193,6 +193,27 @@ def test_a_disconnect_frees_its_rows(pipe: CogViewPipeline) -> None:
         assert metric(url, 'cogview_requests_dropped_total{reason="disconnect"}') == 2
 
 
+def test_a_disconnect_mid_batch_frees_its_rows_and_the_others_keep_their_bytes(pipe: CogViewPipeline) -> None:
+    staying = {"prompt": "a red circle", "num_images": 2, "seed": 1, "candidates": 1}
+    leaving = {"prompt": "a blue square", "num_images": 8, "seed": 2, "candidates": 1}
+    with serving(pipe, batch_wait=1.0) as (url, scheduler):
+        alone = post(url + "/api/generate", staying)
+        tokens_alone = metric(url, "cogview_image_tokens_total")
+        assert tokens_alone == 2 * CODES
+        connection, reply = open_stream(url, leaving)
+        running, out = in_thread(lambda: post(url + "/api/generate", staying))
+        # Both in one batch (guided: 2 rows per image): 4 + 16 rows.
+        assert any(k == "progress" for k, _ in events(reply, until=lambda k: k == "progress"))
+        assert scheduler.status()["running_rows"] == 20
+        connection.close()
+        wait_for(lambda: scheduler.status()["running_rows"] == 4, 10)  # the leaving rows are gone
+        running.join(timeout=120)
+        assert metric(url, "cogview_batch_occupancy_count") == 2
+        decoded = metric(url, "cogview_image_tokens_total") - tokens_alone
+        assert 2 * CODES + 8 * 16 <= decoded < 10 * CODES  # the 8 images stopped after a row or more
+    assert out[0][0] == 200 and out[0][2] == alone[2]  # the same PNG bytes as alone
+
+
 def test_the_stream_shows_progress_and_previews_then_the_json_result(pipe: CogViewPipeline) -> None:
     body = {"prompt": "蓝色背景上左边有一个红色圆形", "num_images": 2, "seed": 5}  # the model's 2 candidates
     with serving(pipe) as (url, _):
