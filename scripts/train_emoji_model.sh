@@ -67,9 +67,12 @@ if run 4; then
     --config configs/emoji-t2i.json --out "$OUT/emoji/t2i" --resume "${extra[@]}"  # data: runs/emoji/shards8
 fi
 if run 5; then
-  prep --dataset emoji --split train --out "$SHARDS/emoji-train-i2t" --tasks image_to_text
-  prep --dataset shapes --split train --out "$SHARDS/shapes-train-i2t" --tasks image_to_text --max-examples 4000
-  prep --dataset digits --split train --out "$SHARDS/digits-train-i2t" --tasks image_to_text --max-examples 4000
+  # 23 text tokens + [EOT]: the rows are as long as the text-to-image rows (92), so one run mixes them
+  # (every caption of one template fits: the longest has 22 tokens).
+  i2t=(--tasks image_to_text --text-budget 23)
+  prep --dataset emoji --split train --out "$SHARDS/emoji-train-i2t" "${i2t[@]}"
+  prep --dataset shapes --split train --out "$SHARDS/shapes-train-i2t" "${i2t[@]}" --max-examples 4000
+  prep --dataset digits --split train --out "$SHARDS/digits-train-i2t" "${i2t[@]}" --max-examples 4000
   prep --dataset emoji --split train --out "$SHARDS/emoji-train-sr" --tasks super_resolution --sr-window "$GRID"
   prep --dataset shapes --split train --out "$SHARDS/shapes-train-sr" --tasks super_resolution --sr-window "$GRID" \
     --max-examples 4000
