@@ -18,6 +18,8 @@
 #   STAGE=7  the super-resolution transformer with cell inputs, DDP (configs/emoji-sr.json)
 #   STAGE=dec  the 8x8 tokenizer's decoder trained further, encoder and codebook frozen (codes
 #            unchanged, so the transformers need nothing new; configs/tokenizer-emoji-8x8-decoder.json)
+#   STAGE=assemble  the model folder (scripts/assemble_emoji_model.py): the transformers of stages 6
+#            and 7, the text tokenizer and the decoder-trained image tokenizer, weights in fp16
 #   probe    the recall probe: 200 emoji, 20 epochs, one core (configs/emoji-probe200.json)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -90,4 +92,8 @@ fi
 if run dec; then
   "$PY" -m cogview train-tokenizer --config configs/tokenizer-emoji-8x8-decoder.json \
     --out "$OUT/tokenizer-emoji-8x8-decoder" --resume
+fi
+if run assemble; then
+  "$PY" scripts/assemble_emoji_model.py --transformer "$OUT/emoji/multitask/model" \
+    --super-resolution "$OUT/emoji/sr/model" --out "${DEST:-$OUT/emoji/assembled}"
 fi

@@ -1,0 +1,119 @@
+"""Assemble the emoji model folder: trained transformers + tokenizers -> one pipeline folder.
+
+The transformers were trained on shards made with one image tokenizer (``--codes-tokenizer``);
+the folder decodes with another whose decoder was trained further (``--image-tokenizer``,
+``STAGE=dec`` of scripts/train_emoji_model.sh). Their fingerprints differ (every weight is
+hashed), so this script first checks what makes the swap sound: both give the same codes for
+every test image of the three data sets, and only then builds the pipeline from the loaded
+models with the decoding tokenizer. Weights are written in 16 bits (``--dtype``; they are loaded
+back as float32 for CPU compute), with OpenMoji's attribution beside them, and the folder is
+loaded back and run once.
+
+    python scripts/assemble_emoji_model.py --transformer runs/emoji/multitask/model \\
+        [--super-resolution runs/emoji/sr/model] --out runs/emoji/assembled
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from cogview import datasets
+from cogview.generation.text_to_image import DEFAULT_SAMPLING
+from cogview.model import CogViewTransformer
+from cogview.pipeline import CogViewPipeline
+from cogview.tokenizers.image import ImageTokenizer
+
+WIP = Path("models/emoji-wip")
+ATTRIBUTION = """# Emoji model
+
+Text-to-image, captioning and super-resolution for ~1,900 emoji concepts named in Chinese and
+English, beside coloured shapes and handwritten-style digits (docs/emoji_model.md).
+
+The tokenizers and transformers were trained in part on renders of OpenMoji 17
+(https://openmoji.org): "All emojis designed by OpenMoji - the open-source emoji and icon project.
+License: CC BY-SA 4.0" (https://creativecommons.org/licenses/by-sa/4.0/). This folder is shared
+under the same licence. Emoji names: Unicode CLDR via the `emoji` package (BSD).
+"""
+
+
+def same_codes(a: ImageTokenizer, b: ImageTokenizer, per_dataset: int) -> dict[str, int]:
+    """Test images per data set on which ``a`` and ``b`` agree; raises on the first disagreement."""
+    checked = {}
+    for name in ("emoji", "shapes", "digits"):
+        ds = datasets.load(name, "test", size=a.image_size)
+        n = min(per_dataset, len(ds))
+        images = [ds[i * len(ds) // n].image.convert("RGB") for i in range(n)]
+        if not torch.equal(a.encode(images), b.encode(images)):
+            raise SystemExit(f"the two image tokenizers give different codes on {name} test images: not swappable")
+        checked[name] = n
+    return checked
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--transformer", required=True, help="text-to-image model folder (multi-task: captioning too)")
+    p.add_argument("--super-resolution", help="super-resolution model folder (optional)")
+    p.add_argument("--codes-tokenizer", default=str(WIP / "image_tokenizer_8x8"), help="tokenizer of the shards")
+    p.add_argument("--image-tokenizer", default=str(WIP / "image_tokenizer_8x8_decoder"), help="tokenizer to ship")
+    p.add_argument("--text-tokenizer", default=str(WIP / "text_tokenizer"))
+    p.add_argument("--candidates", type=int, default=None, help="post-selection default (default: 2 with captioning)")
+    p.add_argument("--dtype", choices=["float16", "bfloat16", "float32"], default="float16", help="weights on disk")
+    p.add_argument("--check-images", type=int, default=500, help="test images per data set for the codes check")
+    p.add_argument("--out", required=True, help="the folder to write (new or empty)")
+    args = p.parse_args()
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()):
+        p.error(f"{out} is not empty")
+
+    codes_tok = ImageTokenizer.from_pretrained(args.codes_tokenizer)
+    image_tok = ImageTokenizer.from_pretrained(args.image_tokenizer)
+    checked = same_codes(codes_tok, image_tok, args.check_images)
+    print(f"same codes on {checked} test images", file=sys.stderr)
+
+    folders = {"text_to_image": args.transformer}
+    # The training records (tasks, vocabulary, fingerprints) checked against the shards' tokenizer.
+    trained = CogViewPipeline.from_components(args.transformer, args.text_tokenizer, codes_tok)
+    if args.super_resolution:
+        folders["super_resolution"] = args.super_resolution
+        CogViewPipeline.from_components({"super_resolution": args.super_resolution}, args.text_tokenizer, codes_tok)
+    models = {job: trained.models[job] for job in trained.jobs}
+    if args.super_resolution:
+        models["super_resolution"] = CogViewTransformer.from_pretrained(args.super_resolution)
+    captions = "image_to_text" in models
+    candidates = args.candidates if args.candidates is not None else (2 if captions else 1)
+    t2i = trained.text_to_image
+    assert t2i is not None
+    pipe = CogViewPipeline.from_components(
+        models,
+        trained.text_tokenizer,
+        image_tok,
+        trained.vocab,
+        text_budget=t2i.text_budget,
+        sampling=DEFAULT_SAMPLING,
+        candidates=candidates,
+    )
+    dtype = getattr(torch, args.dtype)
+    stored = copy.copy(pipe)
+    converted: dict[int, CogViewTransformer] = {}  # a model serving two jobs stays one folder
+    stored.models = {
+        job: converted.setdefault(id(m), copy.deepcopy(m).to(dtype)) for job, m in pipe.models.items()
+    }
+    stored.save_pretrained(out)
+    (out / "README.md").write_text(ATTRIBUTION)
+    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    print(f"wrote {out}: jobs {list(pipe.jobs)}, {size / 2**20:.1f} MiB", file=sys.stderr)
+
+    loaded = CogViewPipeline.from_pretrained(out)
+    start = time.perf_counter()
+    images = loaded.generate("披萨", num_images=1, seed=0)
+    print(f"loaded back; one image of 披萨 in {time.perf_counter() - start:.1f} s ({images[0].size})", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
