@@ -18,7 +18,7 @@ import torch
 
 from cogview.generation.batching import image_seed, image_uniforms, run_chunked
 from cogview.generation.decode import Hooks, Rows, decode, prefill
-from cogview.generation.reranking import rerank
+from cogview.generation.reranking import candidate_scores, rerank
 from cogview.generation.sampling import SamplingConfig
 from cogview.generation.text_to_image import DEFAULT_MAX_BATCH_SIZE, PromptResult, TextToImage, prompt_kind
 from cogview.pipeline import CogViewPipeline
@@ -142,9 +142,48 @@ def preview_pixels(t2i: TextToImage, codes: torch.Tensor, rows: int) -> torch.Te
 def finish(pipeline: CogViewPipeline, work: ImageWork, codes: torch.Tensor) -> PromptResult:
     """``work``'s result from the codes of all its draws: pixels, then post-selection when
     ``candidates`` > 1, as :meth:`CogViewPipeline.generate_results` does it."""
+    result = finish_all(pipeline, [(work, codes)])[0]
+    if isinstance(result, Exception):
+        raise result
+    return result
+
+
+def finish_all(
+    pipeline: CogViewPipeline, done: Sequence[tuple[ImageWork, torch.Tensor]]
+) -> list[PromptResult | Exception]:
+    """:func:`finish` for the requests a batch completed: each request's pixels on their own (in
+    the library's chunks), the post-selection scores of requests with the same prompt and number
+    of candidates in one pass (a request's scores are those it gets alone, bit for bit: tested).
+    A failure is returned in the place of its requests' results.
+    """
+    results: list[PromptResult | Exception] = []
+    for work, codes in done:
+        try:
+            results.append(_pixels(pipeline, work, codes))
+        except Exception as e:  # reported to that request's client
+            results.append(e)
+    groups: dict[tuple[str, int], list[int]] = {}
+    for i, (work, _) in enumerate(done):
+        if work.candidates > 1 and isinstance(results[i], PromptResult):
+            groups.setdefault((work.prompt, work.candidates), []).append(i)
+    for (_, candidates), members in groups.items():
+        captioner = pipeline.captioner
+        assert captioner is not None
+        try:
+            scored = [results[i] for i in members]
+            scores = candidate_scores(scored, captioner, DEFAULT_MAX_BATCH_SIZE)  # type: ignore[arg-type]
+            for i, s in zip(members, scores, strict=True):
+                results[i] = rerank(results[i], captioner, candidates, DEFAULT_MAX_BATCH_SIZE, s)  # type: ignore[arg-type]
+        except Exception as e:
+            for i in members:
+                results[i] = e
+    return results
+
+
+def _pixels(pipeline: CogViewPipeline, work: ImageWork, codes: torch.Tensor) -> PromptResult:
     t2i = pipeline.text_to_image
     assert t2i is not None
-    result = PromptResult(
+    return PromptResult(
         prompt=work.prompt,
         kind=prompt_kind(work.prompt),
         settings=work.settings,
@@ -164,10 +203,6 @@ def finish(pipeline: CogViewPipeline, work: ImageWork, codes: torch.Tensor) -> P
             for im in chunk
         ],
     )
-    if work.candidates == 1:
-        return result
-    assert pipeline.captioner is not None
-    return rerank(result, pipeline.captioner, work.candidates, DEFAULT_MAX_BATCH_SIZE)
 
 
-__all__ = ["ImageWork", "Part", "StepCallback", "decode_parts", "finish", "preview_pixels"]
+__all__ = ["ImageWork", "Part", "StepCallback", "decode_parts", "finish", "finish_all", "preview_pixels"]

@@ -33,7 +33,7 @@ import torch
 from cogview.generation.sampling import SamplingConfig
 from cogview.images import to_pil
 from cogview.pipeline import CogViewPipeline
-from cogview.server.batch import ImageWork, Part, decode_parts, finish, preview_pixels
+from cogview.server.batch import ImageWork, Part, decode_parts, finish_all, preview_pixels
 from cogview.server.codec import encode_images
 from cogview.server.metrics import Metrics
 
@@ -367,6 +367,7 @@ class Scheduler:
         if codes is None:
             logger.info("batch stopped after %d of %d codes: its requests went away", decoded[0], steps)
             return
+        complete: list[tuple[Ticket, ImageWork]] = []
         for piece, part_codes in zip(pieces, codes, strict=True):
             if part_codes is None:  # its request left the batch
                 continue
@@ -374,12 +375,14 @@ class Scheduler:
             t.codes.append(part_codes)
             t.done_draws += piece.stop - piece.start
             if t.done_draws == t.work.draws and t.live:  # type: ignore[union-attr]
-                try:
-                    result = finish(self.pipeline, piece.work, torch.cat(t.codes))
-                except Exception as e:
-                    logger.exception("finishing a text-to-image request failed")
-                    t.emit("error", e)
-                    continue
+                complete.append((t, piece.work))
+        # Pixels per request; post-selection scores of the requests of one prompt in one pass.
+        results = finish_all(self.pipeline, [(work, torch.cat(t.codes)) for t, work in complete])
+        for (t, _), result in zip(complete, results, strict=True):
+            if isinstance(result, Exception):
+                logger.error("finishing a text-to-image request failed: %s", result, exc_info=result)
+                t.emit("error", result)
+            else:
                 self._finished(t, result, seconds)
 
     def _previews(self, pieces: list[Piece], offsets: list[int], codes: torch.Tensor, rows: int) -> None:

@@ -109,6 +109,7 @@ BODIES = [
     {"prompt": "a red circle on the left", "num_images": 1, "seed": 1, "candidates": 1},
     {"prompt": "手写数字7", "num_images": 2, "seed": 2, "candidates": 1},
     {"prompt": "a blue square", "num_images": 1, "seed": 3, "candidates": 2},  # reranked
+    {"prompt": "a blue square", "num_images": 2, "seed": 7, "candidates": 2},  # reranked with the one above
     {
         "prompt": "一个绿色三角形",
         "num_images": 1,
@@ -128,7 +129,8 @@ def test_concurrent_requests_give_the_bytes_of_sequential_ones(pipe: CogViewPipe
         for thread, _ in threads:
             thread.join(timeout=120)
         concurrent = [out[0] for _, out in threads]
-        # Three requests with the model's settings share one batch; the one at temperature 0.7 runs alone.
+        # Four requests with the model's settings share one batch; the one at temperature 0.7 runs alone.
+        # The two of one prompt are post-selected in one scoring pass, with their scores alone.
         assert metric(url, "cogview_batch_occupancy_count") - batches == 2
     assert [s for s, _, _ in concurrent] == [200] * len(BODIES)
     for (_, _, alone), (_, _, together) in zip(sequential, concurrent, strict=True):
