@@ -593,14 +593,15 @@ def _check_fingerprint(what: str, found: str, expected: str, folder: Path) -> No
 
 
 def _check_training_info(info: Mapping[str, Any], text: TextTokenizer, image: ImageTokenizer) -> None:
-    for what, found, key in (
-        ("text tokenizer", text.fingerprint, "text_tokenizer"),
-        ("image tokenizer", image.fingerprint, "image_tokenizer"),
+    # An image tokenizer whose decoder was trained further gives the codes of its parents too.
+    for what, found, accepted, key in (
+        ("text tokenizer", text.fingerprint, (text.fingerprint,), "text_tokenizer"),
+        ("image tokenizer", image.fingerprint, image.fingerprints, "image_tokenizer"),
     ):
         expected = info.get(key)
         if isinstance(expected, Mapping):
             expected = expected.get("fingerprint")
-        if expected is not None and expected != found:
+        if expected is not None and expected not in accepted:
             raise CheckpointError(
                 f"the transformer was trained with the {what} of fingerprint {expected}, but the given "
                 f"one has {found}: pass the {what} the training data was prepared with"

@@ -1,13 +1,11 @@
 """Assemble the emoji model folder: trained transformers + tokenizers -> one pipeline folder.
 
-The transformers were trained on shards made with one image tokenizer (``--codes-tokenizer``);
-the folder decodes with another whose decoder was trained further (``--image-tokenizer``,
-``STAGE=dec`` of scripts/train_emoji_model.sh). Their fingerprints differ (every weight is
-hashed), so this script first checks what makes the swap sound: both give the same codes for
-every test image of the three data sets, and only then builds the pipeline from the loaded
-models with the decoding tokenizer. Weights are written in 16 bits (``--dtype``; they are loaded
-back as float32 for CPU compute), with OpenMoji's attribution beside them, and the folder is
-loaded back and run once.
+The transformers were trained on shards made with the 8x8 tokenizer; the folder decodes with the
+one whose decoder was trained further (``STAGE=dec`` of scripts/train_emoji_model.sh). That
+tokenizer records whose codes it keeps (``codes_of`` in its config, checked against its encoder
+and codebook), so the training records of the transformers accept it. Weights are written in
+16 bits (``--dtype``; they are loaded back as float32 for CPU compute), with OpenMoji's
+attribution beside them, and the folder is loaded back and run once.
 
     python scripts/assemble_emoji_model.py --transformer runs/emoji/multitask/model \\
         [--super-resolution runs/emoji/sr/model] --out runs/emoji/assembled
@@ -23,7 +21,6 @@ from pathlib import Path
 
 import torch
 
-from cogview import datasets
 from cogview.generation.text_to_image import DEFAULT_SAMPLING
 from cogview.model import CogViewTransformer
 from cogview.pipeline import CogViewPipeline
@@ -42,49 +39,27 @@ under the same licence. Emoji names: Unicode CLDR via the `emoji` package (BSD).
 """
 
 
-def same_codes(a: ImageTokenizer, b: ImageTokenizer, per_dataset: int) -> dict[str, int]:
-    """Test images per data set on which ``a`` and ``b`` agree; raises on the first disagreement."""
-    checked = {}
-    for name in ("emoji", "shapes", "digits"):
-        ds = datasets.load(name, "test", size=a.image_size)
-        n = min(per_dataset, len(ds))
-        images = [ds[i * len(ds) // n].image.convert("RGB") for i in range(n)]
-        if not torch.equal(a.encode(images), b.encode(images)):
-            raise SystemExit(f"the two image tokenizers give different codes on {name} test images: not swappable")
-        checked[name] = n
-    return checked
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--transformer", required=True, help="text-to-image model folder (multi-task: captioning too)")
     p.add_argument("--super-resolution", help="super-resolution model folder (optional)")
-    p.add_argument("--codes-tokenizer", default=str(WIP / "image_tokenizer_8x8"), help="tokenizer of the shards")
     p.add_argument("--image-tokenizer", default=str(WIP / "image_tokenizer_8x8_decoder"), help="tokenizer to ship")
     p.add_argument("--text-tokenizer", default=str(WIP / "text_tokenizer"))
     p.add_argument("--candidates", type=int, default=None, help="post-selection default (default: 2 with captioning)")
     p.add_argument("--dtype", choices=["float16", "bfloat16", "float32"], default="float16", help="weights on disk")
-    p.add_argument("--check-images", type=int, default=500, help="test images per data set for the codes check")
     p.add_argument("--out", required=True, help="the folder to write (new or empty)")
     args = p.parse_args()
     out = Path(args.out)
     if out.exists() and any(out.iterdir()):
         p.error(f"{out} is not empty")
 
-    codes_tok = ImageTokenizer.from_pretrained(args.codes_tokenizer)
     image_tok = ImageTokenizer.from_pretrained(args.image_tokenizer)
-    checked = same_codes(codes_tok, image_tok, args.check_images)
-    print(f"same codes on {checked} test images", file=sys.stderr)
-
-    folders = {"text_to_image": args.transformer}
-    # The training records (tasks, vocabulary, fingerprints) checked against the shards' tokenizer.
-    trained = CogViewPipeline.from_components(args.transformer, args.text_tokenizer, codes_tok)
-    if args.super_resolution:
-        folders["super_resolution"] = args.super_resolution
-        CogViewPipeline.from_components({"super_resolution": args.super_resolution}, args.text_tokenizer, codes_tok)
+    # Each folder's training record (tasks, vocabulary, tokenizer fingerprints) is checked here.
+    trained = CogViewPipeline.from_components(args.transformer, args.text_tokenizer, image_tok)
     models = {job: trained.models[job] for job in trained.jobs}
     if args.super_resolution:
-        models["super_resolution"] = CogViewTransformer.from_pretrained(args.super_resolution)
+        sr = CogViewPipeline.from_components({"super_resolution": args.super_resolution}, args.text_tokenizer, image_tok)
+        models["super_resolution"] = sr.models["super_resolution"]
     captions = "image_to_text" in models
     candidates = args.candidates if args.candidates is not None else (2 if captions else 1)
     t2i = trained.text_to_image

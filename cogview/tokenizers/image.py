@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from PIL import Image
@@ -32,10 +33,18 @@ DEFAULT_PATH = Path(__file__).resolve().parent.parent / "assets" / "default" / "
 
 
 class ImageTokenizer:
-    """Encode images to codes (B, h, w) and decode codes back to images with a VQ-VAE."""
+    """Encode images to codes (B, h, w) and decode codes back to images with a VQ-VAE.
 
-    def __init__(self, model: VQVAE) -> None:
+    ``codes_of`` records the tokenizer this one keeps the codes of, when only its decoder was
+    trained further (``train_parts="decoder"``): ``{"fingerprints": [...], "codes_fingerprint":
+    ...}``. Data and models made with those tokenizers stay valid with this one, and
+    :attr:`fingerprints` says so as long as the encoder and codebook still hash to
+    ``codes_fingerprint``.
+    """
+
+    def __init__(self, model: VQVAE, codes_of: Mapping[str, Any] | None = None) -> None:
         self.model = model.eval()
+        self.codes_of = dict(codes_of) if codes_of else None
 
     @property
     def config(self) -> VQVAEConfig:
@@ -115,11 +124,34 @@ class ImageTokenizer:
             h.update(t.detach().cpu().contiguous().numpy().tobytes())
         return h.hexdigest()[:16]
 
+    @property
+    def codes_fingerprint(self) -> str:
+        """Short hash of what decides the codes: the config, the encoder and the codebook."""
+        h = hashlib.sha256(repr(sorted(self.config.to_dict().items())).encode())
+        for name, t in sorted(self.model.state_dict().items()):
+            if name.startswith("enc_b.") or name == "quantize_t.embed":
+                h.update(name.encode())
+                h.update(t.detach().cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()[:16]
+
+    @property
+    def fingerprints(self) -> tuple[str, ...]:
+        """The fingerprints whose codes this tokenizer gives: its own, then those of ``codes_of``
+        when its encoder and codebook are still the ones recorded there."""
+        if self.codes_of and self.codes_of.get("codes_fingerprint") == self.codes_fingerprint:
+            return (self.fingerprint, *self.codes_of.get("fingerprints", ()))
+        return (self.fingerprint,)
+
+    def keeping_codes(self, model: VQVAE) -> ImageTokenizer:
+        """``model`` (this tokenizer with another decoder) as a tokenizer that keeps these codes."""
+        return ImageTokenizer(model, {"fingerprints": list(self.fingerprints), "codes_fingerprint": self.codes_fingerprint})
+
     def save_pretrained(self, path: str | os.PathLike) -> None:
         """Write ``config.json`` and ``model.safetensors`` (atomically) into the folder ``path``."""
         path = Path(path)
         save_weights(path / WEIGHTS_NAME, self.model.state_dict(), metadata={"format": "cogview-vqvae"})
-        write_json(path / CONFIG_NAME, {"model_type": "vqvae", **self.config.to_dict()})
+        extra = {} if self.codes_of is None else {"codes_of": self.codes_of}
+        write_json(path / CONFIG_NAME, {"model_type": "vqvae", **self.config.to_dict(), **extra})
 
     @classmethod
     def from_pretrained(
@@ -132,6 +164,14 @@ class ImageTokenizer:
         raw = read_json(path / CONFIG_NAME)
         if raw.pop("model_type", "vqvae") != "vqvae":
             raise CheckpointError(f"{path / CONFIG_NAME} does not describe a VQ-VAE image tokenizer")
+        codes_of = raw.pop("codes_of", None)
+        if codes_of is not None and not (
+            isinstance(codes_of, dict)
+            and isinstance(codes_of.get("codes_fingerprint"), str)
+            and isinstance(codes_of.get("fingerprints"), list)
+            and all(isinstance(f, str) for f in codes_of["fingerprints"])
+        ):
+            raise CheckpointError(f"{path / CONFIG_NAME}: codes_of must hold fingerprints (a list) and codes_fingerprint")
         try:
             cfg = VQVAEConfig.from_dict(raw)
         except (TypeError, ValueError) as e:
@@ -142,4 +182,4 @@ class ImageTokenizer:
         # Non-persistent buffers (normalisation constants) are rebuilt off the meta device.
         model.mean = torch.tensor(cfg.mean).view(1, 3, 1, 1)
         model.std = torch.tensor(cfg.std).view(1, 3, 1, 1)
-        return cls(model.to(device))
+        return cls(model.to(device), codes_of)

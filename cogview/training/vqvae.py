@@ -12,6 +12,7 @@ codes and a transformer trained on them needs no retraining, while the reconstru
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import logging
@@ -153,17 +154,17 @@ def _save_reconstructions(model: VQVAE, images: torch.Tensor, path: Path) -> Non
     make_grid(tiles, columns=16, scale=2).save(path)
 
 
-def _initial_model(cfg: TokenizerTrainConfig) -> VQVAE:
-    """A fresh VQ-VAE, or the one in ``cfg.init_from`` (same architecture required)."""
+def _initial_model(cfg: TokenizerTrainConfig) -> tuple[VQVAE, ImageTokenizer | None]:
+    """A fresh VQ-VAE, or the one in ``cfg.init_from`` (same architecture required) and that tokenizer."""
     if not cfg.init_from:
-        return VQVAE(cfg.vqvae)
-    model = ImageTokenizer.from_pretrained(cfg.init_from).model
-    if model.config != cfg.vqvae:
+        return VQVAE(cfg.vqvae), None
+    parent = ImageTokenizer.from_pretrained(cfg.init_from)
+    if parent.config != cfg.vqvae:
         raise ValueError(
             f"init_from={cfg.init_from} holds a tokenizer of another architecture than the config's model: "
-            f"{model.config.to_dict()} against {cfg.vqvae.to_dict()}"
+            f"{parent.config.to_dict()} against {cfg.vqvae.to_dict()}"
         )
-    return model
+    return copy.deepcopy(parent.model), parent
 
 
 def _train_mode(model: VQVAE, parts: str) -> VQVAE:
@@ -201,8 +202,16 @@ def train_tokenizer(
         torch.set_num_threads(cfg.threads)
     vq_cfg = cfg.vqvae
     torch.manual_seed(cfg.seed)
-    model = _train_mode(_initial_model(cfg), cfg.train_parts)
+    initial, parent = _initial_model(cfg)
+    model = _train_mode(initial, cfg.train_parts)
     optimizer = torch.optim.Adam(_trainable(model, cfg.train_parts), lr=cfg.lr)
+
+    def tokenizer() -> ImageTokenizer:
+        """The model as a tokenizer; decoder-only training records the parent whose codes it keeps."""
+        if cfg.train_parts == "decoder" and parent is not None:
+            return parent.keeping_codes(model)
+        return ImageTokenizer(model)
+
     start = 0
     ckpt = latest_checkpoint(out) if resume else None
     if resume and ckpt is None:
@@ -237,7 +246,7 @@ def train_tokenizer(
         save_checkpoint(
             out,
             step,
-            lambda d: ImageTokenizer(model).save_pretrained(d),
+            lambda d: tokenizer().save_pretrained(d),
             {"optimizer": optimizer.state_dict(), "train_config": cfg.to_dict()},
             cfg.keep_last,
         )
@@ -279,7 +288,7 @@ def train_tokenizer(
         save(end)
         return {"step": end}
 
-    ImageTokenizer(model).save_pretrained(out / "model")
+    tokenizer().save_pretrained(out / "model")
     result = {"step": end, "train": code_statistics(model, images)}
     for name in cfg.datasets:
         test = load_images([name], "test", vq_cfg.image_size, 0, progress=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import logging
@@ -240,3 +241,14 @@ def test_from_components_reads_a_training_model_folder(parts, tmp_path: Path) ->
         CheckpointError, match="trained with the image tokenizer of fingerprint 0000000000000000"
     ):
         CogViewPipeline.from_components(folder, text, image)
+    # A tokenizer whose decoder was trained further keeps the codes of the one the model was trained with.
+    write_json(folder / "cogview.json", info)
+    redecoded = copy.deepcopy(image.model)
+    with torch.no_grad():
+        redecoded.dec.blocks[0].weight.add_(0.01)
+    kept = image.keeping_codes(redecoded)
+    assert kept.fingerprint != image.fingerprint
+    pipe = CogViewPipeline.from_components(folder, text, kept)
+    pipe.save_pretrained(tmp_path / "redecoded")
+    loaded = CogViewPipeline.from_pretrained(tmp_path / "redecoded")
+    assert loaded.image_tokenizer.fingerprints == (kept.fingerprint, image.fingerprint)

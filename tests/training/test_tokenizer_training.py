@@ -106,6 +106,13 @@ def test_decoder_only_training_keeps_every_code_and_resumes_exactly(tmp_path: Pa
     assert any(not torch.equal(a[k], b[k]) for k in a if k.startswith("dec."))
     images = torch.rand(6, 3, 32, 32)
     assert torch.equal(before.model.encode(images), after.model.encode(images))
+    # It says whose codes it keeps, and data or models made with the base stay valid with it.
+    assert after.fingerprint != before.fingerprint and after.fingerprints == (after.fingerprint, before.fingerprint)
+    assert after.codes_fingerprint == before.codes_fingerprint
+    tampered = ImageTokenizer.from_pretrained(tmp_path / "dec" / "model")
+    with torch.no_grad():
+        tampered.model.enc_b.blocks[0].weight.add_(1e-3)  # another encoder: the claim no longer holds
+    assert tampered.fingerprints == (tampered.fingerprint,)
     # Exact resume holds for the decoder-only run too.
     train_tokenizer(cfg, tmp_path / "dec2", max_steps=4, progress=False)
     train_tokenizer(cfg, tmp_path / "dec2", resume=True, progress=False)
