@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -118,18 +118,17 @@ class ImageTokenizer:
         Computed on each access (the weights may change in training), as a property like
         :attr:`TextTokenizer.fingerprint <cogview.tokenizers.text.TextTokenizer.fingerprint>`.
         """
-        h = hashlib.sha256(repr(sorted(self.config.to_dict().items())).encode())
-        for name, t in sorted(self.model.state_dict().items()):
-            h.update(name.encode())
-            h.update(t.detach().cpu().contiguous().numpy().tobytes())
-        return h.hexdigest()[:16]
+        return self._hash(lambda name: True)
 
     @property
     def codes_fingerprint(self) -> str:
         """Short hash of what decides the codes: the config, the encoder and the codebook."""
+        return self._hash(lambda name: name.startswith("enc_b.") or name == "quantize_t.embed")
+
+    def _hash(self, include: Callable[[str], bool]) -> str:
         h = hashlib.sha256(repr(sorted(self.config.to_dict().items())).encode())
         for name, t in sorted(self.model.state_dict().items()):
-            if name.startswith("enc_b.") or name == "quantize_t.embed":
+            if include(name):
                 h.update(name.encode())
                 h.update(t.detach().cpu().contiguous().numpy().tobytes())
         return h.hexdigest()[:16]
