@@ -59,11 +59,11 @@ if run probe; then
   "$PY" -m cogview train --config configs/emoji-probe200.json --out "$OUT/emoji/probe200" --resume
 fi
 if run 4; then
-  # On a machine without runs/emoji/t2i, INIT=models/emoji-wip/t2i_step7200 starts from the weights
-  # committed at step 7,200 (fp16; no optimizer state) for the 12,800 steps left of the schedule.
+  # On a machine without runs/emoji/t2i, INIT=models/emoji-wip/t2i_step16600 starts from the weights
+  # committed at step 16,600 (fp16; no optimizer state) for the 3,400 steps left of the schedule.
   extra=()
   if [ -n "${INIT:-}" ] && [ ! -d "$OUT/emoji/t2i/checkpoints" ]; then
-    extra=(--set init_from="$INIT" steps=12800)
+    extra=(--set init_from="$INIT" steps=3400)
   fi
   "$PY" -m torch.distributed.run --standalone --nproc_per_node 2 -m cogview train \
     --config configs/emoji-t2i.json --out "$OUT/emoji/t2i" --resume "${extra[@]}"  # data: runs/emoji/shards8
