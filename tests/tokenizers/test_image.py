@@ -88,3 +88,15 @@ def test_encode_at_another_size_gives_a_proportional_grid(tokenizer: ImageTokeni
     assert tokenizer.decode(tokenizer.encode([image], size=64))[0].size == (64, 64)
     with pytest.raises(ValueError, match="multiple of 4"):
         tokenizer.encode([image], size=30)
+
+
+def test_codes_of_round_trips_and_a_malformed_one_is_refused(tokenizer: ImageTokenizer, tmp_path: Path) -> None:
+    kept = tokenizer.keeping_codes(tokenizer.model)
+    kept.save_pretrained(tmp_path / "kept")
+    loaded = ImageTokenizer.from_pretrained(tmp_path / "kept")
+    assert loaded.codes_of == kept.codes_of and loaded.fingerprints == (loaded.fingerprint, tokenizer.fingerprint)
+    config = json.loads((tmp_path / "kept" / "config.json").read_text())
+    config["codes_of"] = {"fingerprints": "not a list", "codes_fingerprint": 3}
+    (tmp_path / "kept" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="codes_of must hold"):
+        ImageTokenizer.from_pretrained(tmp_path / "kept")
