@@ -3,10 +3,15 @@
 - Captioning: greedy captions of held-out images (digits test split, shapes test scenes) in both
   languages, parsed back into attributes (``parse_caption``); a caption that is not well formed
   counts as wrong.
+- Emoji (``--datasets emoji-train,emoji-test``): captions of n emoji drawn at random from a split.
+  Right when the caption names the emoji (its name or an English alias, in any template); for
+  the held-out skin-tone variants also the base and the tone on their own.
 - Scoring as a classifier: for each test digit, the canonical prompt of every digit is scored
   against the image; right when the true digit's prompt scores highest.
 
     python benchmarks/captioning.py [--model DIR | --caption-model RUN/model] [-n 200]
+    python benchmarks/captioning.py --transformer RUN/model --image-tokenizer T --text-tokenizer T \
+        --datasets emoji-train,emoji-test,shapes,digits
 
 Prints a table and writes benchmarks/results/captioning.json.
 """
@@ -15,21 +20,25 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import time
 from pathlib import Path
 
 import torch
 
 from cogview import datasets
-from cogview.datasets import digits, shapes
+from cogview.datasets import digits, emoji, shapes
 from cogview.pipeline import CogViewPipeline
 
 FIELDS = ("colour", "shape", "background", "position")
 
 
 def load(args: argparse.Namespace) -> CogViewPipeline:
+    tokenizers = {"text_tokenizer": args.text_tokenizer, "image_tokenizer": args.image_tokenizer}
+    if args.transformer:
+        return CogViewPipeline.from_components(args.transformer, **tokenizers)
     if args.caption_model:
-        return CogViewPipeline.from_components({"image_to_text": args.caption_model})
+        return CogViewPipeline.from_components({"image_to_text": args.caption_model}, **tokenizers)
     return CogViewPipeline.from_pretrained(args.model)
 
 
@@ -74,6 +83,35 @@ def caption_shapes(pipe: CogViewPipeline, n: int, lang: str, batch: int) -> dict
     return out
 
 
+def caption_emoji(pipe: CogViewPipeline, split: str, n: int, lang: str, batch: int) -> dict[str, float]:
+    """Captions of n emoji of `split` (a fixed random draw): the name right, and base / tone apart."""
+    ds = emoji.load(split, size=pipe.image_tokenizer.image_size)
+    picks = sorted(random.Random(f"captioning-{split}").sample(range(len(ds)), min(n, len(ds))))
+    examples = [ds[i] for i in picks]
+    captions = pipe.caption([e.image for e in examples], lang, max_batch_size=batch)
+    name = "name_zh" if lang == "zh" else "name_en"
+    named = base = tone = parsed_any = 0
+    for c, e in zip(captions, examples, strict=True):
+        parsed = emoji.parse_caption(c, lang)
+        if parsed is None:
+            continue
+        parsed_any += 1
+        got, want = emoji.emoji_info(parsed), e.attributes
+        named += parsed == want["emoji"] or getattr(got, name) == want[name]
+        base += got.base == want["base"]
+        tone += got.tone == want["tone"]
+    count = len(examples)
+    return {
+        "n": count,
+        "accuracy": named / count,
+        "base": base / count,
+        "tone": tone / count,
+        "well_formed": parsed_any / count,
+        "examples": captions[:8],
+        "asked": [e.attributes[name] for e in examples[:8]],
+    }
+
+
 def score_digits(pipe: CogViewPipeline, n: int, lang: str, batch: int) -> dict[str, float]:
     ds = datasets.load("digits", "test")
     n = min(n, len(ds))
@@ -94,6 +132,18 @@ def main() -> None:
     p.add_argument(
         "--caption-model", default=None, help="a caption transformer folder from training (RUN/model)"
     )
+    p.add_argument("--transformer", default=None, help="a training run's RUN/model serving its own jobs")
+    p.add_argument(
+        "--image-tokenizer", default=None, help="with --transformer/--caption-model (default: shipped)"
+    )
+    p.add_argument(
+        "--text-tokenizer", default=None, help="with --transformer/--caption-model (default: shipped)"
+    )
+    p.add_argument(
+        "--datasets",
+        default="digits,shapes",
+        help="comma-separated: digits (captions and scoring), shapes, emoji-train, emoji-test",
+    )
     p.add_argument("-n", type=int, default=200, help="test images per dataset (digits: at most 297)")
     p.add_argument("--batch", type=int, default=32, help="batch size")
     p.add_argument("--threads", type=int, default=1)
@@ -102,20 +152,40 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     pipe = load(args)
     started = time.perf_counter()
+    chosen = args.datasets.split(",")
+    unknown = set(chosen) - {"digits", "shapes", "emoji-train", "emoji-test"}
+    if unknown:
+        p.error(f"unknown --datasets {sorted(unknown)}")
     results = {}
+    rows = []
     for lang in ("zh", "en"):
-        results[f"digits_{lang}"] = caption_digits(pipe, args.n, lang, args.batch)
-        results[f"shapes_{lang}"] = caption_shapes(pipe, args.n, lang, args.batch)
-        results[f"score_digits_{lang}"] = score_digits(pipe, args.n, lang, args.batch)
+        if "digits" in chosen:
+            results[f"digits_{lang}"] = caption_digits(pipe, args.n, lang, args.batch)
+            results[f"score_digits_{lang}"] = score_digits(pipe, args.n, lang, args.batch)
+        if "shapes" in chosen:
+            results[f"shapes_{lang}"] = caption_shapes(pipe, args.n, lang, args.batch)
+        for split in ("train", "test"):
+            if f"emoji-{split}" in chosen:
+                results[f"emoji_{split}_{lang}"] = caption_emoji(pipe, split, args.n, lang, args.batch)
+    if "digits" in chosen:
+        rows += [("digits caption accuracy", "digits", "accuracy")]
+    if "shapes" in chosen:
+        rows += [
+            ("shapes colour+shape+bg", "shapes", "colour_shape_background"),
+            ("shapes all four fields", "shapes", "all_four"),
+            ("shapes well-formed", "shapes", "well_formed"),
+        ]
+    if "digits" in chosen:
+        rows += [("digit scoring as classifier", "score_digits", "accuracy")]
+    for split in ("train", "test"):
+        if f"emoji-{split}" in chosen:
+            rows += [
+                (f"emoji {split}: named", f"emoji_{split}", "accuracy"),
+                (f"emoji {split}: base", f"emoji_{split}", "base"),
+                (f"emoji {split}: tone", f"emoji_{split}", "tone"),
+            ]
     seconds = time.perf_counter() - started
     print(f"{'measure':<28} {'zh':>8} {'en':>8}")
-    rows = [
-        ("digits caption accuracy", "digits", "accuracy"),
-        ("shapes colour+shape+bg", "shapes", "colour_shape_background"),
-        ("shapes all four fields", "shapes", "all_four"),
-        ("shapes well-formed", "shapes", "well_formed"),
-        ("digit scoring as classifier", "score_digits", "accuracy"),
-    ]
     for name, key, field in rows:
         print(f"{name:<28} {results[key + '_zh'][field]:>8.1%} {results[key + '_en'][field]:>8.1%}")
     print(f"({seconds:.0f} s)")
