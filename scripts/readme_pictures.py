@@ -19,12 +19,15 @@ from cogview import datasets
 from cogview.images import make_grid
 from cogview.pipeline import CogViewPipeline
 
+# Rows of the text-to-image picture; the emoji rows appear when the model knows emoji (the
+# canonical prompt is the bare CLDR name, 披萨 / pizza). Chosen before looking at samples.
 PROMPTS = (
     "蓝色背景上左边有一个红色圆形",
     "a yellow triangle on the top of a purple background",
     "手写数字3",
     "a handwritten digit 7",
 )
+EMOJI_PROMPTS = ("披萨", "rocket", "熊猫", "giraffe", "彩虹", "red apple", "向日葵", "guitar")
 
 
 def main() -> None:
@@ -35,18 +38,26 @@ def main() -> None:
     parser.add_argument("--sr-model", default=None, help="a super-resolution transformer folder to add")
     parser.add_argument("--out", default="docs/images")
     parser.add_argument("--per-prompt", type=int, default=6)
+    parser.add_argument(
+        "--no-emoji", action="store_true", help="shapes and digits only (models without emoji)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     pipe = CogViewPipeline.from_pretrained(args.model)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
-    rows = [im for k, p in enumerate(PROMPTS) for im in pipe.generate(p, args.per_prompt, seed=100 + k)]
+    prompts = PROMPTS if args.no_emoji else EMOJI_PROMPTS + PROMPTS
+    rows = [im for k, p in enumerate(prompts) for im in pipe.generate(p, args.per_prompt, seed=100 + k)]
     make_grid(rows, columns=args.per_prompt, scale=3).save(out / "readme_text_to_image.png")
-    print("Text-to-image, one row per prompt:", " / ".join(f"`{p}`" for p in PROMPTS))
+    print("Text-to-image, one row per prompt:", " / ".join(f"`{p}`" for p in prompts))
 
     shapes, digits = datasets.load("shapes", "test"), datasets.load("digits", "test")
-    tests = [shapes[i].image for i in (0, 1, 2)] + [digits[i].image for i in (0, 1, 2)]
+    tests = [shapes[i].image for i in (0, 1)] + [digits[i].image for i in (0, 1)]
+    if not args.no_emoji:
+        emoji_test = datasets.load("emoji", "test", size=pipe.image_tokenizer.image_size)
+        emoji_train = datasets.load("emoji", "train", size=pipe.image_tokenizer.image_size)
+        tests += [emoji_train[i].image for i in (100, 1000)] + [emoji_test[i].image for i in (0, 200)]
     zh, en = pipe.caption(tests, language="zh"), pipe.caption(tests, language="en")
     make_grid(tests, columns=len(tests), scale=3).save(out / "readme_captions.png")
     print("\n| test image | zh caption | en caption |\n|---|---|---|")
@@ -70,14 +81,15 @@ def main() -> None:
                 models, pipe.text_tokenizer, pipe.image_tokenizer, pipe.vocab
             )
         size = pipe.image_tokenizer.image_size
-        low = [shapes[i].image for i in range(4)]
-        high = datasets.load("shapes", "test", size=2 * size)
+        name, picks = ("shapes", range(4)) if args.no_emoji else ("emoji", (0, 60, 120, 180))
+        low_set, high_set = datasets.load(name, "test"), datasets.load(name, "test", size=2 * size)
+        low = [low_set[i].image for i in picks]
         ours = pipe.upscale(low, seed=0)
         tiles = []
-        for i, im in enumerate(low):
-            tiles += [im.resize((2 * size,) * 2, Image.BICUBIC), ours[i], high[i].image]
+        for im, up, i in zip(low, ours, picks, strict=True):
+            tiles += [im.resize((2 * size,) * 2, Image.BICUBIC), up, high_set[i].image]
         make_grid(tiles, columns=3, scale=2).save(out / "readme_upscale.png")
-        print("\nSuper-resolution, columns: bicubic, cogview upscale, true 64 px rendering")
+        print(f"\nSuper-resolution ({name} test), columns: bicubic, cogview upscale, true 2x rendering")
 
 
 if __name__ == "__main__":
