@@ -314,8 +314,9 @@ class TextTokenizer:
         """SentencePiece ids that can occur in text of ``lang`` ("zh" or "en"), for constrained decoding.
 
         A piece holding a CJK character (:func:`cogview.language.is_cjk`) is Chinese, one holding
-        an ASCII letter is English, and
-        pieces with neither (digits, punctuation, spaces) belong to both. Byte-fallback pieces of
+        a lowercase ASCII letter is English, and pieces with neither (digits, punctuation, spaces,
+        capitals) belong to both: Chinese text spells acronyms and letters in Latin capitals
+        (OK按钮, A型血, DNA), so a Chinese caption must be able to write them. Byte-fallback pieces of
         multi-byte characters count as Chinese (they spell rare CJK); an ASCII byte counts as the
         character it is. Control and unknown pieces belong to none.
         """
@@ -335,7 +336,7 @@ class TextTokenizer:
             else:
                 piece = self._sp.id_to_piece(i)
             cjk = any(is_cjk(ch) for ch in piece)
-            latin = any(ch.isascii() and ch.isalpha() for ch in piece)
+            latin = any(ch.isascii() and ch.islower() for ch in piece)
             if (lang == "zh" and not latin) or (lang == "en" and not cjk):
                 out.append(i)
         return out

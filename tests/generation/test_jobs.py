@@ -79,7 +79,7 @@ def test_caption_prefix_is_the_image_first_layout(pipe: CogViewPipeline) -> None
 def test_captions_are_in_the_requested_language_and_seeded(pipe: CogViewPipeline, images) -> None:
     zh = pipe.caption(images, "zh", 2, seed=5, top_k=50, max_tokens=6)
     assert len(zh) == 6 and all(isinstance(c, str) and c for c in zh)
-    assert not any(ch.isascii() and ch.isalpha() for c in zh for ch in c)
+    assert not any(ch.isascii() and ch.islower() for c in zh for ch in c)  # capitals: OK按钮, A型血
     en = pipe.caption(images, "en", 1, seed=5, top_k=50, max_tokens=6)
     assert not any(is_cjk(ch) for c in en for ch in c)
     # Same seed, same captions, however they are batched; greedy ignores the seed.

@@ -228,3 +228,17 @@ def test_shipped_default_is_reproducible(shipped: TextTokenizer, tmp_path: Path)
         "the bundled captions or training settings changed: retrain the shipped tokenizer with the "
         "command in cogview/tokenizers/text.py's docstring"
     )
+
+
+def test_language_ids_let_chinese_write_capitals_but_not_english_words() -> None:
+    # Chinese names spell acronyms in capitals (OK按钮, A型血, DNA): a Chinese caption needs them.
+    # A lowercase letter makes a piece English; a CJK character makes it Chinese.
+    corpus = ["OK按钮", "A型血", "DNA", "OK button", "cool按钮", "a cool button", "按钮"] * 5
+    tok = TextTokenizer.train(corpus, None, vocab_size=300)
+    zh, en = set(tok.language_ids("zh")), set(tok.language_ids("en"))
+    zh_ids = tok.encode("OK按钮 A型血 DNA")
+    assert set(zh_ids) <= zh, [tok._sp.id_to_piece(i) for i in zh_ids if i not in zh]
+    assert any(i in en for i in tok.encode("OK"))
+    lower = tok.encode("cool")
+    assert lower and not set(lower) & zh
+    assert not set(tok.encode("按钮")) & en
