@@ -41,16 +41,21 @@ def scene() -> Image.Image:
     return image
 
 
-def test_an_inpainted_box_reports_its_code_cells_and_seed(api: TestClient, scene: Image.Image) -> None:
+def test_an_inpainted_box_reports_its_code_cells_and_seed(
+    api: TestClient, scene: Image.Image, shipped: CogViewPipeline
+) -> None:
     body = {"image": png_b64(scene), "prompt": PROMPT, "box": [0, 8, 16, 24], "seed": 3, "grow": 0}
     reply = api.post("/api/edit", json=body)
     assert reply.status_code == 200, reply.text
     data = reply.json()
     assert decode_png(data["png"]).size == (data["width"], data["height"]) == (32, 32)
     assert data["mode"] == "inpaint" and data["seed"] == 3 and data["candidates"] == 1
-    # One code cell is 2x2 px: the box's columns 0-15, rows 8-23 are cells 0-7 of rows 4-11.
-    expected = [[int(4 <= r < 12 and c < 8) for c in range(16)] for r in range(16)]
-    assert data["regenerated"] == expected and data["regenerated_codes"] == 64
+    # A code cell is cell x cell px (2 on a 16x16 grid): the box's columns 0-15, rows 8-23 are
+    # cells 0-7 of rows 4-11 there.
+    g = shipped.image_tokenizer.grid_size
+    cell = 32 // g
+    expected = [[int(8 // cell <= r < 24 // cell and c < 16 // cell) for c in range(g)] for r in range(g)]
+    assert data["regenerated"] == expected and data["regenerated_codes"] == (16 // cell) ** 2
     assert 'cogview_request_latency_seconds_count{job="edit"}' in api.get("/metrics").text
     drawn = api.post("/api/edit", json={**body, "seed": None}).json()["seed"]
     assert 0 <= drawn < 2**53  # a random seed comes back, JSON-safe

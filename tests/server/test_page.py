@@ -151,7 +151,9 @@ def test_generate_caption_and_edit_in_the_page(browser: Any, url: str, tmp_path:
     wait.until(lambda d: d.find_element(By.ID, "edit-output").is_displayed())
     edited = browser.find_element(By.ID, "edit-output").get_attribute("src")
     assert decode_png(edited.split(",", 1)[1]).size == (32, 32)
-    assert "complete · seed 2 · 176/256 codes sampled" in browser.find_element(By.ID, "edit-summary").text
+    g = CogViewPipeline.from_pretrained().image_tokenizer.grid_size  # 176/256 on a 16x16 grid
+    sampled = f"complete · seed 2 · {(g - 5) * g}/{g * g} codes sampled"
+    assert sampled in browser.find_element(By.ID, "edit-summary").text
     assert not browser.find_element(By.ID, "error").is_displayed()
 
     shot = Path(os.environ.get("COGVIEW_SCREENSHOT") or tmp_path / "server_page.png")

@@ -31,12 +31,19 @@ from cogview.pipeline import CogViewPipeline  # noqa: E402
 from cogview.server import create_app  # noqa: E402
 from cogview.server.scheduler import Scheduler  # noqa: E402
 
-CODES = 256  # per image of the shipped model (16x16)
-
 
 @pytest.fixture(scope="module")
 def pipe() -> CogViewPipeline:
     return CogViewPipeline.from_pretrained()
+
+
+def grid(pipe: CogViewPipeline) -> int:
+    """Code rows (= columns) per image of the shipped model."""
+    return pipe.image_tokenizer.grid_size
+
+
+def codes(pipe: CogViewPipeline) -> int:
+    return grid(pipe) ** 2
 
 
 @contextmanager
@@ -165,7 +172,7 @@ def test_a_request_past_its_deadline_is_503_and_its_batch_stops(pipe: CogViewPip
         assert status == 503 and "deadline" in reply["error"] and int(headers["Retry-After"]) >= 1
         assert time.perf_counter() - start < 2.5
         wait_for(lambda: scheduler.status()["running_rows"] == 0, 5)  # stopped at the next step
-        assert metric(url, "cogview_image_tokens_total") < 8 * CODES
+        assert metric(url, "cogview_image_tokens_total") < 8 * codes(pipe)
 
 
 def test_a_disconnect_frees_its_rows(pipe: CogViewPipeline) -> None:
@@ -183,7 +190,7 @@ def test_a_disconnect_frees_its_rows(pipe: CogViewPipeline) -> None:
         running.join(timeout=120)
         assert out[0][0] == 200
         assert metric(url, "cogview_batch_occupancy_count") == 1
-        assert metric(url, "cogview_image_tokens_total") == 4 * CODES
+        assert metric(url, "cogview_image_tokens_total") == 4 * codes(pipe)
         # Alone in its batch, decoding: the batch stops at the next step.
         connection, reply = open_stream(url, second)
         assert any(k == "progress" for k, _ in events(reply, until=lambda k: k == "progress"))
@@ -191,7 +198,7 @@ def test_a_disconnect_frees_its_rows(pipe: CogViewPipeline) -> None:
         start = time.perf_counter()
         wait_for(lambda: scheduler.status()["running_rows"] == 0, 10)
         assert time.perf_counter() - start < 2
-        assert metric(url, "cogview_image_tokens_total") < (4 + 8) * CODES
+        assert metric(url, "cogview_image_tokens_total") < (4 + 8) * codes(pipe)
         assert metric(url, 'cogview_requests_dropped_total{reason="disconnect"}') == 2
 
 
@@ -201,7 +208,7 @@ def test_a_disconnect_mid_batch_frees_its_rows_and_the_others_keep_their_bytes(p
     with serving(pipe, batch_wait=1.0) as (url, scheduler):
         alone = post(url + "/api/generate", staying)
         tokens_alone = metric(url, "cogview_image_tokens_total")
-        assert tokens_alone == 2 * CODES
+        assert tokens_alone == 2 * codes(pipe)
         connection, reply = open_stream(url, leaving)
         running, out = in_thread(lambda: post(url + "/api/generate", staying))
         # Both in one batch (guided: 2 rows per image): 4 + 16 rows.
@@ -212,7 +219,8 @@ def test_a_disconnect_mid_batch_frees_its_rows_and_the_others_keep_their_bytes(p
         running.join(timeout=120)
         assert metric(url, "cogview_batch_occupancy_count") == 2
         decoded = metric(url, "cogview_image_tokens_total") - tokens_alone
-        assert 2 * CODES + 8 * 16 <= decoded < 10 * CODES  # the 8 images stopped after a row or more
+        # the 8 images stopped after a row or more
+        assert 2 * codes(pipe) + 8 * grid(pipe) <= decoded < 10 * codes(pipe)
     assert out[0][0] == 200 and out[0][2] == alone[2]  # the same PNG bytes as alone
 
 
@@ -229,15 +237,16 @@ def test_the_stream_shows_progress_and_previews_then_the_json_result(pipe: CogVi
         assert kinds[0] == "queued" and kinds[-1] == "result" and kinds.count("result") == 1
         assert streamed[-1][1] == direct  # the same payload, byte for byte in every PNG
         progress = [d["codes_done"] for k, d in streamed if k == "progress"]
-        total = 2 * 2 * CODES
-        assert progress == sorted(set(progress)) and progress[-1] == total and len(progress) == 16
+        total = 2 * 2 * codes(pipe)
+        assert progress == sorted(set(progress)) and progress[-1] == total and len(progress) == grid(pipe)
         previews = [d for k, d in streamed if k == "preview"]
-        assert [p["rows"] for p in previews] == list(range(2, 16, 2))
+        assert [p["rows"] for p in previews] == list(range(2, grid(pipe), 2))
         assert all([im["index"] for im in p["images"]] == [0, 1] for p in previews)
         first = decode_png(previews[0]["images"][0]["png"])
         assert first.size == (32, 32)
-        assert first.crop((0, 4, 32, 32)).getcolors() == [(28 * 32, (128, 128, 128))]  # not decoded yet: grey
-        assert len(first.crop((0, 0, 32, 4)).getcolors()) > 1  # the two decoded code rows have content
+        done = 2 * 32 // grid(pipe)  # pixel rows of the two decoded code rows
+        assert first.crop((0, done, 32, 32)).getcolors() == [((32 - done) * 32, (128, 128, 128))]  # grey
+        assert len(first.crop((0, 0, 32, done)).getcolors()) > 1  # the decoded code rows have content
 
         bad, _, error = post(url + "/api/generate/stream", {"prompt": ""})
         assert bad == 422 and "prompt" in error["error"]  # refused before any stream starts
