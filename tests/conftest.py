@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from small_parts import small_text_tokenizer
 
 from cogview.model import PRESETS, CogViewTransformer
 from cogview.pipeline import CogViewPipeline
 from cogview.tokenizers.image import ImageTokenizer
-from cogview.tokenizers.text import TextTokenizer
 from cogview.tokenizers.vocab import default_vocab
 from cogview.tokenizers.vqvae import VQVAE, VQVAE_PRESETS
 
@@ -30,7 +30,7 @@ def one_thread():
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A model folder with tiny random transformers for all three jobs (super-resolution window 4)."""
     torch.manual_seed(0)
-    text, image = TextTokenizer.from_pretrained(), ImageTokenizer(VQVAE(VQVAE_PRESETS["tiny"]).eval())
+    text, image = small_text_tokenizer(), ImageTokenizer(VQVAE(VQVAE_PRESETS["tiny"]).eval())
     vocab = default_vocab(image, text)
     config = dataclasses.replace(PRESETS["tiny"], vocab_size=vocab.size)
     models = {

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from small_parts import small_text_tokenizer
 
 from cogview.cli import main
 from cogview.generation.sampling import SamplingConfig
@@ -15,7 +16,6 @@ from cogview.generation.text_to_image import TextToImage
 from cogview.model import PRESETS, CogViewTransformer
 from cogview.pipeline import CogViewPipeline
 from cogview.tokenizers.image import ImageTokenizer
-from cogview.tokenizers.text import TextTokenizer
 from cogview.tokenizers.vocab import default_vocab
 from cogview.tokenizers.vqvae import VQVAE, VQVAE_PRESETS
 
@@ -23,7 +23,7 @@ from cogview.tokenizers.vqvae import VQVAE, VQVAE_PRESETS
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(0)
-    text, image = TextTokenizer.from_pretrained(), ImageTokenizer(VQVAE(VQVAE_PRESETS["tiny"]))
+    text, image = small_text_tokenizer(), ImageTokenizer(VQVAE(VQVAE_PRESETS["tiny"]))
     vocab = default_vocab(image, text)
     model = CogViewTransformer(dataclasses.replace(PRESETS["tiny"], vocab_size=vocab.size))
     folder = tmp_path_factory.mktemp("models") / "tiny"

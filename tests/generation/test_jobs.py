@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from small_parts import small_text_tokenizer
 
 from cogview.data.windows import Window, magnify_windows
 from cogview.generation.sampling import SamplingConfig
@@ -20,7 +21,6 @@ from cogview.model import PRESETS, CogViewTransformer
 from cogview.pipeline import CogViewPipeline, PipelineConfig, default_model_path
 from cogview.serialization import CheckpointError, write_json
 from cogview.tokenizers.image import ImageTokenizer
-from cogview.tokenizers.text import TextTokenizer
 from cogview.tokenizers.vocab import default_vocab
 from cogview.tokenizers.vqvae import VQVAE, VQVAE_PRESETS
 
@@ -41,7 +41,7 @@ def _with_model(sr: SuperResolution, model: CogViewTransformer) -> SuperResoluti
 @pytest.fixture(scope="module")
 def pipe() -> CogViewPipeline:
     torch.manual_seed(0)
-    text, image = TextTokenizer.from_pretrained(), ImageTokenizer(VQVAE(VQVAE_PRESETS["tiny"]).eval())
+    text, image = small_text_tokenizer(), ImageTokenizer(VQVAE(VQVAE_PRESETS["tiny"]).eval())
     vocab = default_vocab(image, text)
     models = {
         job: _model(vocab.size, k)

@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
+from small_parts import small_text_tokenizer
 
 from cogview.cli import main
 from cogview.images import to_pil
 from cogview.model import PRESETS, CogViewTransformer
 from cogview.pipeline import CogViewPipeline
 from cogview.tokenizers.image import ImageTokenizer
-from cogview.tokenizers.text import TextTokenizer
 from cogview.tokenizers.vocab import default_vocab
 from cogview.tokenizers.vqvae import VQVAE, VQVAE_PRESETS
 
@@ -76,7 +76,7 @@ def test_generate_rerank_and_upscale_in_one_call(model_dir: Path, tmp_path: Path
 
 
 def test_jobs_the_model_lacks_are_clean_errors(image_files: list[str], tmp_path: Path, capsys) -> None:
-    text, image = TextTokenizer.from_pretrained(), ImageTokenizer(VQVAE(VQVAE_PRESETS["tiny"]))
+    text, image = small_text_tokenizer(), ImageTokenizer(VQVAE(VQVAE_PRESETS["tiny"]))
     vocab = default_vocab(image, text)
     model = CogViewTransformer(dataclasses.replace(PRESETS["tiny"], vocab_size=vocab.size))
     CogViewPipeline(model, text, image, vocab).save_pretrained(tmp_path / "t2i")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from small_parts import small_text_tokenizer
 
 from cogview.generation.sampling import SamplingConfig
 from cogview.generation.text_to_image import TextToImage, image_seed, prompt_kind, run_chunked
@@ -31,7 +32,7 @@ SAMPLING = {
 @pytest.fixture(scope="module")
 def parts() -> tuple[CogViewTransformer, TextTokenizer, ImageTokenizer]:
     torch.manual_seed(0)
-    text, image = TextTokenizer.from_pretrained(), ImageTokenizer(VQVAE(VQVAE_PRESETS["tiny"]))
+    text, image = small_text_tokenizer(), ImageTokenizer(VQVAE(VQVAE_PRESETS["tiny"]))
     vocab = default_vocab(image, text)
     model = CogViewTransformer(dataclasses.replace(PRESETS["tiny"], vocab_size=vocab.size)).eval()
     return model, text, image

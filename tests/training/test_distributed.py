@@ -19,13 +19,13 @@ from typing import Any
 
 import pytest
 import torch
+from small_parts import small_text_tokenizer
 
 from cogview.cli import main
 from cogview.data.prepare import prepare
 from cogview.model import CogViewTransformer
 from cogview.pipeline import CogViewPipeline
 from cogview.tokenizers.image import ImageTokenizer
-from cogview.tokenizers.text import TextTokenizer
 from cogview.tokenizers.vqvae import VQVAE, VQVAE_PRESETS
 from cogview.training.checkpoint import checkpoint_dirs
 from cogview.training.config import TrainConfig
@@ -68,7 +68,7 @@ def work(tmp_path_factory: pytest.TempPathFactory, image_tokenizer: ImageTokeniz
         "shapes",
         root / "shards",
         image_tokenizer=image_tokenizer,
-        text_tokenizer=TextTokenizer.from_pretrained(),
+        text_tokenizer=small_text_tokenizer(),
         max_examples=32,
         text_budget=16,
         progress=False,

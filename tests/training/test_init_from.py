@@ -7,13 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from small_parts import small_text_tokenizer
 
 from cogview.data.prepare import prepare
 from cogview.data.sequences import sr_cells
 from cogview.data.shards import TokenShards
 from cogview.model import CogViewTransformer
 from cogview.tokenizers.image import ImageTokenizer
-from cogview.tokenizers.text import TextTokenizer
 from cogview.tokenizers.vqvae import VQVAE, VQVAE_PRESETS
 from cogview.training.batches import make_batch
 from cogview.training.config import TrainConfig
@@ -29,7 +29,7 @@ def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "shapes",
         out,
         image_tokenizer=image,
-        text_tokenizer=TextTokenizer.from_pretrained(),
+        text_tokenizer=small_text_tokenizer(),
         max_examples=16,
         text_budget=8,
         progress=False,
@@ -87,7 +87,7 @@ def sr_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "shapes",
         out,
         image_tokenizer=ImageTokenizer(VQVAE(VQVAE_PRESETS["tiny"])),
-        text_tokenizer=TextTokenizer.from_pretrained(),
+        text_tokenizer=small_text_tokenizer(),
         tasks=("super_resolution",),
         sr_window=4,
         max_examples=8,

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from small_parts import small_text_tokenizer
 
 from cogview.cli import main
 from cogview.data.prepare import prepare
@@ -22,7 +23,6 @@ from cogview.data.shards import TokenShards
 from cogview.model import CogViewTransformer
 from cogview.serialization import MODEL_INFO_NAME
 from cogview.tokenizers.image import ImageTokenizer
-from cogview.tokenizers.text import TextTokenizer
 from cogview.tokenizers.vocab import Vocabulary
 from cogview.tokenizers.vqvae import VQVAE, VQVAE_PRESETS
 from cogview.training import loop
@@ -60,7 +60,7 @@ def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "shapes",
         out,
         image_tokenizer=ImageTokenizer(VQVAE(VQVAE_PRESETS["tiny"])),
-        text_tokenizer=TextTokenizer.from_pretrained(),
+        text_tokenizer=small_text_tokenizer(),
         max_examples=64,
         text_budget=16,
         progress=False,
@@ -208,7 +208,7 @@ def test_outputs_model_folder_metrics_and_plot(shards: Path, tmp_path: Path) -> 
         info["vocab"] == manifest["vocab"]
         and model.config.vocab_size == Vocabulary.from_dict(info["vocab"]).size
     )
-    assert info["text_tokenizer"]["fingerprint"] == TextTokenizer.from_pretrained().fingerprint
+    assert info["text_tokenizer"]["fingerprint"] == small_text_tokenizer().fingerprint
     assert info["image_tokenizer"] == manifest["image_tokenizer"] and info["step"] == 10
     assert [p.name for p in checkpoint_dirs(tmp_path)] == ["step_00000010"]
     state = load_state(latest_checkpoint(tmp_path))
