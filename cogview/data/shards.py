@@ -283,8 +283,14 @@ class ShardMixture:
         self.path = first.path
         sizes = np.array([len(s) * r for s, r in zip(sources, repeats, strict=True)], dtype=np.int64)
         self.offsets = np.concatenate([[0], np.cumsum(sizes)])
+        # A multi-task mixture trains every source's task: the model's record (cogview.json) names
+        # them all, so a pipeline serves each job from it.
+        tasks = [t for s in sources for t in s.manifest.get("tasks") or ()]
+        layouts = {k: v for s in sources for k, v in (s.manifest.get("layouts") or {}).items()}
         self.manifest = {
             **first.manifest,
+            "tasks": list(dict.fromkeys(tasks)) or first.manifest.get("tasks"),
+            "layouts": layouts or first.manifest.get("layouts"),
             "total_rows": int(self.offsets[-1]),
             "mixture": [
                 {"path": str(s.path), "repeat": r, "rows": len(s), "identity": s.manifest.get("settings")}

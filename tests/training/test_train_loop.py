@@ -400,6 +400,26 @@ def test_cli_help() -> None:
     assert e.value.code == 0
 
 
+def test_a_multi_task_mixture_gives_one_model_that_serves_both_jobs(tmp_path: Path) -> None:
+    # Text-to-image and caption rows of the same length (text budget 16 vs 15 + [EOT]) in one run:
+    # the model's record names both tasks, so a pipeline serves text-to-image and captioning from it.
+    from cogview.pipeline import CogViewPipeline
+
+    torch.manual_seed(0)
+    image = ImageTokenizer(VQVAE(VQVAE_PRESETS["tiny"]))
+    common = dict(image_tokenizer=image, text_tokenizer=small_text_tokenizer(), max_examples=8, progress=False)
+    prepare("shapes", tmp_path / "t2i", text_budget=16, **common)
+    prepare("shapes", tmp_path / "i2t", tasks=("image_to_text",), text_budget=15, **common)
+    data = [str(tmp_path / "t2i"), {"path": str(tmp_path / "i2t"), "repeat": 2}]
+    train(config(tmp_path / "t2i", steps=2, data=data), tmp_path / "run", progress=False)
+    info = json.loads((tmp_path / "run" / "model" / MODEL_INFO_NAME).read_text())
+    assert info["tasks"] == ["text_to_image", "image_to_text"]
+    assert set(info["layouts"]) == {"text_to_image", "image_to_text"}
+    pipe = CogViewPipeline.from_components(tmp_path / "run" / "model", small_text_tokenizer(), image)
+    assert pipe.models["text_to_image"] is pipe.models["image_to_text"]
+    assert len(pipe.caption(pipe.generate("a red circle", 1, seed=0), "en", max_tokens=3)) == 1
+
+
 def test_a_mixture_of_folders_trains_and_resume_pins_the_repeats(shards: Path, tmp_path: Path) -> None:
     mixture = [{"path": str(shards), "repeat": 2}, str(shards)]
     cfg = config(shards, steps=6, data=mixture)
