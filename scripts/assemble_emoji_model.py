@@ -8,7 +8,8 @@ and codebook), so the training records of the transformers accept it. Weights ar
 attribution beside them, and the folder is loaded back and run once.
 
     python scripts/assemble_emoji_model.py --transformer runs/emoji/multitask/model \\
-        [--super-resolution runs/emoji/sr/model] --out runs/emoji/assembled
+        [--caption runs/emoji/caption/model] [--super-resolution runs/emoji/sr/model] \\
+        --out runs/emoji/assembled
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ under the same licence. Emoji names: Unicode CLDR via the `emoji` package (BSD).
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--transformer", required=True, help="text-to-image model folder (multi-task: captioning too)")
+    p.add_argument("--caption", help="captioning model folder, instead of the multi-task model's (optional)")
     p.add_argument("--super-resolution", help="super-resolution model folder (optional)")
     p.add_argument("--image-tokenizer", default=str(WIP / "image_tokenizer_8x8_decoder"), help="tokenizer to ship")
     p.add_argument("--text-tokenizer", default=str(WIP / "text_tokenizer"))
@@ -57,9 +59,10 @@ def main() -> None:
     # Each folder's training record (tasks, vocabulary, tokenizer fingerprints) is checked here.
     trained = CogViewPipeline.from_components(args.transformer, args.text_tokenizer, image_tok)
     models = {job: trained.models[job] for job in trained.jobs}
-    if args.super_resolution:
-        sr = CogViewPipeline.from_components({"super_resolution": args.super_resolution}, args.text_tokenizer, image_tok)
-        models["super_resolution"] = sr.models["super_resolution"]
+    for job, folder in (("image_to_text", args.caption), ("super_resolution", args.super_resolution)):
+        if folder:  # a separate model for the job replaces the multi-task one's
+            part = CogViewPipeline.from_components({job: folder}, args.text_tokenizer, image_tok)
+            models[job] = part.models[job]
     captions = "image_to_text" in models
     candidates = args.candidates if args.candidates is not None else (2 if captions else 1)
     t2i = trained.text_to_image

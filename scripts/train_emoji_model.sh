@@ -106,5 +106,6 @@ if run dec; then
 fi
 if run assemble; then
   "$PY" scripts/assemble_emoji_model.py --transformer "$OUT/emoji/multitask/model" \
-    --super-resolution "$OUT/emoji/sr/model" --out "${DEST:-$OUT/emoji/assembled}"
+    --caption "$OUT/emoji/caption/model" --super-resolution "$OUT/emoji/sr/model" \
+    --out "${DEST:-$OUT/emoji/assembled}"
 fi
