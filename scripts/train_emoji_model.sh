@@ -94,8 +94,9 @@ fi
 if run 6c; then
   # The captioner, trained on from stage 6: in the multi-task mixture caption tokens were ~4% of
   # the loss and emoji names were right 1-2% of the time at step 4,000 of 9,000 (docs/emoji_model.md).
+  # On a machine without runs/emoji/multitask, INIT=models/emoji-wip/multitask (stage 6's weights, fp16).
   ddp --config configs/emoji-caption.json --out "$OUT/emoji/caption" --resume \
-    --set init_from="$OUT/emoji/multitask/model"
+    --set init_from="${INIT:-$OUT/emoji/multitask/model}"
 fi
 if run 7; then
   ddp --config configs/emoji-sr.json --out "$OUT/emoji/sr" --resume
