@@ -15,6 +15,7 @@
 #            8x8 codes, then the 16x16 codes of the 64 px render)
 #   STAGE=6  one multi-task transformer: stage 4's weights continued on text-to-image and
 #            image-to-text rows together, DDP (configs/emoji-multitask.json)
+#   STAGE=6b text-to-image from stage 6 on emoji x2 + all shapes + digits (configs/emoji-t2i-balance.json)
 #   STAGE=6c the captioner: stage 6's weights on image-to-text rows only, caption tokens weighted
 #            10x (configs/emoji-caption.json)
 #   STAGE=7  the super-resolution transformer with cell inputs, DDP (configs/emoji-sr.json)
@@ -61,8 +62,8 @@ if run probe; then
   "$PY" -m cogview train --config configs/emoji-probe200.json --out "$OUT/emoji/probe200" --resume
 fi
 if run 4; then
-  # On a machine without runs/emoji/t2i, INIT=models/emoji-wip/t2i_step16600 starts from the weights
-  # committed at step 16,600 (fp16; no optimizer state) for the 3,400 steps left of the schedule.
+  # INIT=DIR starts a machine without runs/emoji/t2i from weights DIR (no optimizer state) for the last
+  # 3,400 steps of the schedule. Stage 4 is done; models/emoji-wip/multitask holds stage 6's weights.
   extra=()
   if [ -n "${INIT:-}" ] && [ ! -d "$OUT/emoji/t2i/checkpoints" ]; then
     extra=(--set init_from="$INIT" steps=3400)
@@ -90,6 +91,12 @@ ddp() { "$PY" -m torch.distributed.run --standalone --nproc_per_node 2 -m cogvie
 if run 6; then
   ddp --config configs/emoji-multitask.json --out "$OUT/emoji/multitask" --resume \
     --set init_from="$OUT/emoji/t2i/model"
+fi
+if run 6b; then
+  # Text-to-image again, emoji twice and every shapes scene: stage 6 lifted shapes (16-30% -> 48-58%)
+  # but emoji fell (56-68% -> 30%) with a quarter of the rows and the learning-rate restart.
+  ddp --config configs/emoji-t2i-balance.json --out "$OUT/emoji/t2i-balance" --resume \
+    --set init_from="${INIT:-$OUT/emoji/multitask/model}"
 fi
 if run 6c; then
   # The captioner, trained on from stage 6: in the multi-task mixture caption tokens were ~4% of
