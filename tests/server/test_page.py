@@ -28,6 +28,7 @@ from server_helpers import PNG_SIGNATURE, decode_png, live_server  # noqa: E402
 
 from cogview.pipeline import CogViewPipeline  # noqa: E402
 from cogview.server import create_app  # noqa: E402
+from cogview.tokenizers.image import ImageTokenizer  # noqa: E402
 
 try:
     from selenium import webdriver
@@ -151,7 +152,7 @@ def test_generate_caption_and_edit_in_the_page(browser: Any, url: str, tmp_path:
     wait.until(lambda d: d.find_element(By.ID, "edit-output").is_displayed())
     edited = browser.find_element(By.ID, "edit-output").get_attribute("src")
     assert decode_png(edited.split(",", 1)[1]).size == (32, 32)
-    g = CogViewPipeline.from_pretrained().image_tokenizer.grid_size  # 176/256 on a 16x16 grid
+    g = ImageTokenizer.from_pretrained().grid_size  # the shipped grid: 176/256 on a 16x16 grid
     sampled = f"complete · seed 2 · {(g - 5) * g}/{g * g} codes sampled"
     assert sampled in browser.find_element(By.ID, "edit-summary").text
     assert not browser.find_element(By.ID, "error").is_displayed()
