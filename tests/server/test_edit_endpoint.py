@@ -109,7 +109,7 @@ BAD_INPUTS = [
     ({"mask": _png((32, 32), 0)}, 400, "the mask selects no pixel"),
     ({"mask": "@@"}, 400, "mask is not valid base64"),
     ({"box": [0, 0, 40, 8]}, 400, "box (0, 0, 40, 8) must satisfy"),
-    ({"rows": 16}, 400, "rows=16 keeps the whole 16x16 code grid"),
+    ({"rows": 40}, 400, "rows=40 keeps the whole"),  # more rows than any grid has
     ({"strength": 1.5}, 400, "strength=1.5 must lie in (0, 1]"),
     ({"shift": [0, 0]}, 400, "less than half a code cell"),
     ({"pad": [40, 0, 0, 0]}, 400, "leaves no room for the image"),

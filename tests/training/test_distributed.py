@@ -183,7 +183,7 @@ def test_consolidate_gives_the_trained_model(
     positions = torch.arange(20)
     with torch.no_grad():
         assert torch.equal(consolidated(tokens, positions), trained(tokens, positions))
-    pipe = CogViewPipeline.from_components(tmp_path / "model", image_tokenizer=image_tokenizer)
+    pipe = CogViewPipeline.from_components(tmp_path / "model", small_text_tokenizer(), image_tokenizer)
     assert pipe.transformer.config == trained.config
 
 
