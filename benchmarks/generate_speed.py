@@ -60,9 +60,12 @@ TOP_K = 100
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
-def load_pipeline() -> tuple[CogViewPipeline, str]:
-    """The shipped default model, or random weights of its shape (``configs/default-t2i.json``,
-    ``configs/tokenizer-small.json``) with the shipped tokenizers where present."""
+def load_pipeline(path: str | None = None) -> tuple[CogViewPipeline, str]:
+    """The model folder at ``path``; else the shipped default model, or random weights of its shape
+    (``configs/default-t2i.json``, ``configs/tokenizer-small.json``) with the shipped tokenizers
+    where present."""
+    if path is not None:
+        return CogViewPipeline.from_pretrained(path), f"model folder {path}"
     try:
         return CogViewPipeline.from_pretrained(), "shipped default model"
     except ValueError:
@@ -281,6 +284,7 @@ def main() -> None:
     )
     parser.add_argument("--repeats", type=int, default=3, help="timed runs of each decode setting (median)")
     parser.add_argument("--batches", default="1,16", help="batch sizes (default 1,16)")
+    parser.add_argument("--model", help="model folder to measure (default: the shipped one)")
     parser.add_argument("--out", default="benchmarks/results/generate_speed.json")
     parser.add_argument("--note", default="", help="what else ran on the machine, kept in the JSON beside the load average")
     parser.add_argument(
@@ -292,7 +296,7 @@ def main() -> None:
     load = [round(x, 2) for x in os.getloadavg()]
     batches = [int(b) for b in args.batches.split(",")]
 
-    pipe, source = load_pipeline()
+    pipe, source = load_pipeline(args.model)
     model, t2i = pipe.transformer, pipe.text_to_image
     config = model.config
     steps, allowed = t2i.num_tokens, pipe.vocab.image_range

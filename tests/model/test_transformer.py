@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from cogview.model import PRESETS, CogViewTransformer
-from cogview.model.transformer import LayerNorm, pb_relax_attention
+from cogview.model.transformer import LayerNorm, one_query_attention, pb_relax_attention
 from cogview.serialization import CONFIG_NAME, WEIGHTS_NAME, CheckpointError
 
 TINY = PRESETS["tiny"]
@@ -137,6 +137,36 @@ def test_pb_relax_attention_function_equals_sdpa_with_cache_mask() -> None:
     mask = (torch.arange(9) <= torch.tensor([4, 5, 6])[:, None]).unsqueeze(0)  # [1, 3, 9]
     expected = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     torch.testing.assert_close(pb_relax_attention(q, k, v, mask, alpha=32.0), expected, atol=1e-6, rtol=1e-5)
+
+
+def test_one_query_attention_equals_sdpa_and_is_what_a_compiled_cpu_step_traces() -> None:
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(3, 4, 1, 16, generator=g)
+    k, v = torch.randn(3, 4, 9, 16, generator=g), torch.randn(3, 4, 9, 16, generator=g)
+    seen = torch.arange(9) <= torch.tensor([2, 5, 8])[:, None]  # [3, 9]: each row's filled slots
+    mask = torch.zeros(3, 1, 1, 9).masked_fill_(~seen[:, None, None], float("-inf"))
+    expected = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    torch.testing.assert_close(one_query_attention(q, k, v, mask), expected, atol=1e-6, rtol=1e-5)
+
+    # A compiled one-token step on a CPU takes this path; eager steps keep SDPA's bits.
+    model = CogViewTransformer(dataclasses.replace(PRESETS["tiny"], dropout=0.0)).eval()
+    traced: list[tuple[int, int]] = []
+
+    def record(gm: torch.fx.GraphModule, inputs: list) -> torch.fx.GraphModule:
+        targets = [str(n.target) for n in gm.graph.nodes]
+        traced.append((sum("softmax" in t for t in targets), sum("scaled_dot_product" in t for t in targets)))
+        return gm
+
+    from cogview.model import KVCache
+
+    cfg = model.config
+    cache = KVCache(cfg.n_layers, 1, cfg.n_heads, 8, cfg.dim // cfg.n_heads)
+    tokens, slots = torch.tensor([[5]]), torch.tensor([0])
+    with torch.no_grad():
+        eager = model(tokens, slots, cache, slots, kv_len=None)
+        compiled = torch.compile(model, backend=record, fullgraph=True)(tokens, slots, cache, slots, kv_len=None)
+    assert traced == [(cfg.n_layers, 0)]  # one explicit softmax per layer, no SDPA
+    torch.testing.assert_close(compiled, eager, atol=1e-5, rtol=1e-5)
 
 
 def test_pb_relax_model_equals_plain_model_in_fp32() -> None:
