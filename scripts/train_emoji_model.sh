@@ -63,7 +63,7 @@ if run probe; then
 fi
 if run 4; then
   # INIT=DIR starts a machine without runs/emoji/t2i from weights DIR (no optimizer state) for the last
-  # 3,400 steps of the schedule. Stage 4 is done; models/emoji-wip/multitask holds stage 6's weights.
+  # 3,400 steps of the schedule. Stages 4, 6, 6b and 6c are done (models/emoji-wip/README.md).
   extra=()
   if [ -n "${INIT:-}" ] && [ ! -d "$OUT/emoji/t2i/checkpoints" ]; then
     extra=(--set init_from="$INIT" steps=3400)
@@ -101,7 +101,7 @@ fi
 if run 6c; then
   # The captioner, trained on from stage 6: in the multi-task mixture caption tokens were ~4% of
   # the loss and emoji names were right 1-2% of the time at step 4,000 of 9,000 (docs/emoji_model.md).
-  # On a machine without runs/emoji/multitask, INIT=models/emoji-wip/multitask (stage 6's weights, fp16).
+  # On a machine without runs/emoji/multitask: INIT=DIR with stage 6's weights (git history, c44eb3b).
   ddp --config configs/emoji-caption.json --out "$OUT/emoji/caption" --resume \
     --set init_from="${INIT:-$OUT/emoji/multitask/model}"
 fi
@@ -113,7 +113,8 @@ if run dec; then
     --out "$OUT/tokenizer-emoji-8x8-decoder" --resume
 fi
 if run assemble; then
-  "$PY" scripts/assemble_emoji_model.py --transformer "$OUT/emoji/multitask/model" \
-    --caption "$OUT/emoji/caption/model" --super-resolution "$OUT/emoji/sr/model" \
+  # On a machine without runs/emoji: T2I=models/emoji-wip/t2i-balance CAPTION=models/emoji-wip/caption.
+  "$PY" scripts/assemble_emoji_model.py --transformer "${T2I:-$OUT/emoji/t2i-balance/model}" \
+    --caption "${CAPTION:-$OUT/emoji/caption/model}" --super-resolution "$OUT/emoji/sr/model" \
     --out "${DEST:-$OUT/emoji/assembled}"
 fi
