@@ -143,7 +143,7 @@ class Attention(nn.Module):
             if k.dtype != q.dtype:  # a cache kept in another precision
                 k, v = k.to(q.dtype), v.to(q.dtype)
         dropout_p = self.dropout_p if self.training else 0.0
-        if self.pb_relax_alpha is None and T == 1 and mask is not None and _compiling_for_cpu(q):
+        if self.pb_relax_alpha is None and T == 1 and mask is not None and not dropout_p and _compiling_for_cpu(q):
             y = one_query_attention(q, k, v, mask)
         elif self.pb_relax_alpha is None:
             y = F.scaled_dot_product_attention(
