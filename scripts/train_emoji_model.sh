@@ -18,6 +18,7 @@
 #   STAGE=6b text-to-image from stage 6 on emoji x2 + all shapes + digits (configs/emoji-t2i-balance.json)
 #   STAGE=6c the captioner: stage 6's weights on image-to-text rows only, caption tokens weighted
 #            10x (configs/emoji-caption.json)
+#   STAGE=6d the captioner 4,000 steps more from 6c (configs/emoji-caption-more.json)
 #   STAGE=7  the super-resolution transformer with cell inputs, DDP (configs/emoji-sr.json)
 #   STAGE=dec  the 8x8 tokenizer's decoder trained further, encoder and codebook frozen (codes
 #            unchanged, so the transformers need nothing new; configs/tokenizer-emoji-8x8-decoder.json)
@@ -104,6 +105,12 @@ if run 6c; then
   # On a machine without runs/emoji/multitask: INIT=DIR with stage 6's weights (git history, c44eb3b).
   ddp --config configs/emoji-caption.json --out "$OUT/emoji/caption" --resume \
     --set init_from="${INIT:-$OUT/emoji/multitask/model}"
+fi
+if run 6d; then
+  # The captioner, 4,000 steps more from 6c at a lower peak (its caption loss was still falling).
+  # On a machine without runs/emoji/caption: INIT=models/emoji-wip/caption.
+  ddp --config configs/emoji-caption-more.json --out "$OUT/emoji/caption-more" --resume \
+    --set init_from="${INIT:-$OUT/emoji/caption/model}"
 fi
 if run 7; then
   ddp --config configs/emoji-sr.json --out "$OUT/emoji/sr" --resume
