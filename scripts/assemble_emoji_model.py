@@ -1,7 +1,7 @@
 """Assemble the emoji model folder: trained transformers + tokenizers -> one pipeline folder.
 
 The transformers were trained on shards made with the 8x8 tokenizer; the folder decodes with the
-one whose decoder was trained further (``STAGE=dec`` of scripts/train_emoji_model.sh). That
+one whose decoder was trained further (``STAGE=dec`` of scripts/train_default_model.sh). That
 tokenizer records whose codes it keeps (``codes_of`` in its config, checked against its encoder
 and codebook), so the training records of the transformers accept it. Weights are written in
 16 bits (``--dtype``; they are loaded back as float32 for CPU compute), with OpenMoji's

@@ -19,8 +19,8 @@ from cogview.datasets.base import Example, ExampleSequence
 from cogview.datasets.folder import load_folder
 
 DATASET_NAMES = ("shapes", "digits")
-# Loadable by name too, but kept out of DATASET_NAMES: the shipped text tokenizer's corpus
-# (tokenizers/text.py, default_training_sentences) is every dataset listed there.
+# Loadable by name too, but kept out of DATASET_NAMES: its packages are an extra, and generating
+# with the shipped model (trained on all three, tokenizers/text.py SHIPPED_DATASETS) must not need it.
 OPTIONAL_DATASET_NAMES = ("emoji",)  # needs the [emoji] extra
 
 __all__ = [
@@ -62,8 +62,9 @@ def load(name: str | os.PathLike, split: str, **options: Any) -> ExampleSequence
 def all_caption_texts(include_emoji: bool = False) -> list[str]:
     """Every distinct caption of every template, both languages, shapes then digits; fixed order.
 
-    The default list trains the shipped text tokenizer and must not change; `include_emoji=True`
-    appends the emoji captions (about 31,500; needs the [emoji] extra).
+    The default list is the caption corpus of the first shipped model's tokenizer (shapes and
+    digits, tokenizers/text.py SHAPES_DATASETS) and must not change; `include_emoji=True` appends
+    the emoji captions (about 31,500; needs the [emoji] extra).
     """
     texts = shapes.all_captions() + digits.all_captions()
     if include_emoji:

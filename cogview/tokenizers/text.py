@@ -5,9 +5,10 @@ always passed in; there is no process-wide tokenizer as in the original ``get_to
 plus the shift into the unified id space of :class:`~cogview.tokenizers.vocab.Vocabulary`.
 It loads the original ``cog-pretrain.model`` unchanged (SPEC 2.1) as well as our own models.
 
-The shipped default (``cogview/assets/default/text_tokenizer/``) is reproduced with::
+The shipped default (``cogview/assets/default/text_tokenizer/``) is reproduced with (it needs the
+``[emoji]`` extra for the emoji names)::
 
-    python -c "from cogview.tokenizers.text import train_default; train_default('cogview/assets/default/text_tokenizer')"
+    python -c "from cogview.tokenizers.text import train_default; train_default('out/text_tokenizer')"
 """
 
 from __future__ import annotations
@@ -46,18 +47,22 @@ _FINGERPRINT_CHARS = 16
 # - split_digits: numbers are spelled digit by digit, so unseen numbers reuse known pieces.
 # - num_threads 1 and no sentence sampling or shuffling: the same sentences in the same order
 #   give the same model bytes.
-# - vocab_size 576 (3 specials + 256 bytes + 317 learned): on the bundled captions, the
-#   largest size (tried in steps of 32) at which no piece spans two caption slots (e.g. a colour
-#   and a shape), so the transformer sees colour, shape and position as separate tokens;
-#   at 608 BPE starts fusing pieces like "橙色三角形". Every bundled caption is <= 12 tokens.
+# - vocab_size 576 (3 specials + 256 bytes + 317 learned) for shapes and digits alone (the
+#   first shipped model's tokenizer): on their captions, the largest size (tried in steps of 32)
+#   at which no piece spans two caption slots (e.g. a colour and a shape), so the transformer sees
+#   colour, shape and position as separate tokens; at 608 BPE starts fusing pieces like
+#   "橙色三角形". Every shapes or digits caption is <= 12 tokens.
 DEFAULT_TRAINING: dict[str, Any] = {"model_type": "bpe", "vocab_size": 576}
-DEFAULT_DATASETS = ("shapes", "digits")
-# The emoji model's tokenizer adds 31,552 emoji captions (1,744 distinct characters). Measured on
-# the canonical names (zh + en) at 2304 / 3072 / 4096 pieces: mean 6.0 / 4.6 / 4.1 tokens, longest
-# caption of any template 33 / 26 / 22 tokens; 4096 is the smallest tried that fits every caption
-# in a 24-token text budget, and shapes captions stay <= 12 tokens.
+SHAPES_DATASETS = ("shapes", "digits")
+SHAPES_VOCAB_SIZE = 576
+# The shipped (emoji) model's tokenizer adds 31,552 emoji captions (1,744 distinct characters).
+# Measured on the canonical names (zh + en) at 2304 / 3072 / 4096 pieces: mean 6.0 / 4.6 / 4.1
+# tokens, longest caption of any template 33 / 26 / 22 tokens; 4096 is the smallest tried that
+# fits every caption in a 24-token text budget, and shapes captions stay <= 12 tokens.
 EMOJI_DATASETS = ("shapes", "digits", "emoji")
 EMOJI_VOCAB_SIZE = 4096
+SHIPPED_DATASETS = EMOJI_DATASETS
+SHIPPED_VOCAB_SIZE = EMOJI_VOCAB_SIZE
 _FIXED_TRAINER_OPTIONS: dict[str, Any] = {
     "byte_fallback": True,
     "character_coverage": 1.0,
@@ -377,22 +382,22 @@ class TextTokenizer:
 
 def train_default(
     out_dir: str | os.PathLike,
-    dataset_names: Sequence[str] = DEFAULT_DATASETS,
-    vocab_size: int = DEFAULT_TRAINING["vocab_size"],
+    dataset_names: Sequence[str] = SHIPPED_DATASETS,
+    vocab_size: int = SHIPPED_VOCAB_SIZE,
 ) -> TextTokenizer:
-    """Retrain the shipped default tokenizer on every caption of the bundled datasets.
+    """Retrain the shipped default tokenizer on every caption of the given datasets.
 
     Each dataset's captions are de-duplicated, sorted and repeated so that every dataset
     contributes about as many sentences as the largest one: digits has 100 captions against
     shapes' 6720, and unbalanced BPE spent all merges on shapes, leaving "handwritten" in
     8 pieces. Sorting makes the result independent of the order the datasets list them in.
-    The emoji model's tokenizer is ``train_default(out, EMOJI_DATASETS, EMOJI_VOCAB_SIZE)``.
+    The first shipped model's tokenizer is ``train_default(out, SHAPES_DATASETS, SHAPES_VOCAB_SIZE)``.
     """
     options = {**DEFAULT_TRAINING, "vocab_size": vocab_size}
     return TextTokenizer.train(default_training_sentences(dataset_names), out_dir, **options)
 
 
-def default_training_sentences(dataset_names: Sequence[str] = DEFAULT_DATASETS) -> list[str]:
+def default_training_sentences(dataset_names: Sequence[str] = SHIPPED_DATASETS) -> list[str]:
     """The balanced caption corpus of :func:`train_default` (see there)."""
     # Imported here, not at module level: datasets sit above tokenizers in the dependency order,
     # and only this one-off asset builder needs them.

@@ -56,7 +56,7 @@ def test_split_is_a_quarter_of_tone_variants_and_deterministic() -> None:
         assert (len(train), len(test)) == (3461, 483)
     with pytest.raises(ValueError, match="split"):
         load("emoji", "validation")
-    assert "emoji" not in DATASET_NAMES  # the shipped text tokenizer's corpus stays shapes + digits
+    assert "emoji" not in DATASET_NAMES  # an extra: the shipped model generates without it
 
 
 def test_names_attributes_and_captions() -> None:
@@ -94,7 +94,7 @@ def test_parse_caption_round_trip_and_aliases() -> None:
     assert emoji.parse_caption("a red circle", "en") is None and emoji.parse_caption("", "zh") is None
 
 
-def test_caption_texts_for_the_tokenizer_keep_the_old_default() -> None:
+def test_caption_texts_keep_the_first_tokenizers_corpus() -> None:
     old = all_caption_texts()
     assert "披萨" not in old and "pizza emoji" not in old
     extended = all_caption_texts(include_emoji=True)

@@ -12,7 +12,13 @@ import sentencepiece as spm
 import torch
 from required import require_reference
 
-from cogview.tokenizers.text import TextTokenizer, default_training_sentences, train_default
+from cogview.tokenizers.text import (
+    SHIPPED_VOCAB_SIZE,
+    SHAPES_DATASETS,
+    TextTokenizer,
+    default_training_sentences,
+    train_default,
+)
 from cogview.tokenizers.vocab import Vocabulary
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -191,7 +197,7 @@ def test_unified_ids(shipped: TextTokenizer) -> None:
 
 
 def test_decode_validates_ids(shipped: TextTokenizer) -> None:
-    with pytest.raises(ValueError, match=r"\[0, 576\)"):
+    with pytest.raises(ValueError, match=rf"\[0, {shipped.vocab_size}\)"):
         shipped.decode([shipped.vocab_size])
     with pytest.raises(ValueError, match="single int"):
         shipped.decode(5)  # type: ignore[arg-type]
@@ -207,12 +213,22 @@ def test_pickles_for_dataloader_workers(shipped: TextTokenizer) -> None:
 
 
 def test_shipped_default_is_compact_on_bundled_captions(shipped: TextTokenizer) -> None:
-    assert shipped.vocab_size == 576
+    assert shipped.vocab_size == SHIPPED_VOCAB_SIZE
     assert len(shipped.encode("红色背景上中间有一个绿色圆形")) <= 6
     assert len(shipped.encode("a red circle in the center of a blue background")) <= 10
     assert len(shipped.encode("手写数字7")) <= 3
-    lengths = [len(shipped.encode(t)) for t in sorted(set(default_training_sentences()))]
+    lengths = [len(shipped.encode(t)) for t in sorted(set(default_training_sentences(SHAPES_DATASETS)))]
     assert max(lengths) <= 12
+
+
+def test_shipped_default_fits_every_emoji_caption_in_the_text_budget(shipped: TextTokenizer) -> None:
+    # 24 text tokens per row in the shipped model (pipeline.json text_budget), one of them [EOT]
+    # for captions: every caption of every template must fit, or training cut it.
+    from cogview.datasets import emoji  # the [emoji] extra, part of [dev]
+
+    lengths = [len(shipped.encode(t)) for t in emoji.all_captions()]
+    assert len(lengths) > 30_000 and max(lengths) <= 23
+    assert len(shipped.encode("披萨")) <= 2 and len(shipped.encode("pizza")) <= 2
 
 
 def test_shipped_default_is_reproducible(shipped: TextTokenizer, tmp_path: Path) -> None:
@@ -223,7 +239,7 @@ def test_shipped_default_is_reproducible(shipped: TextTokenizer, tmp_path: Path)
         f"the shipped tokenizer was trained with sentencepiece {recorded}, this is {spm.__version__}: "
         f'install the pinned version (pip install -e ".[dev]")'
     )
-    retrained = train_default(tmp_path)
+    retrained = train_default(tmp_path)  # renders every emoji once: needs the [emoji] extra (in [dev])
     assert retrained.fingerprint == shipped.fingerprint, (
         "the bundled captions or training settings changed: retrain the shipped tokenizer with the "
         "command in cogview/tokenizers/text.py's docstring"
