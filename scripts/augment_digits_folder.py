@@ -6,7 +6,7 @@ then:  cogview prepare --dataset OUT_DIR --split all --out runs/shards/digits-au
 Each variant rotates the 32 px digit by up to 10 degrees, scales it by 0.9-1.1 and shifts it by
 up to 1.5 px (white fill), seeded; captions.jsonl holds one zh and one en caption line per image.
 Used for configs/default-t2i-digits-aug-not-shipped.json, which lowered digit alignment
-(docs/default_model.md), so the shipped model does not use it.
+(docs/shapes_model.md), so the shipped model does not use it.
 """
 
 from __future__ import annotations

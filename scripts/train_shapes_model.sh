@@ -61,7 +61,7 @@ models = {
     "image_to_text": "$OUT/default-caption-continue2/model",
     "super_resolution": "$OUT/default-sr-cells-continue/model",
 }
-# Post-selection, best of 2 by caption likelihood, is the shipped text-to-image default (docs/default_model.md).
+# Post-selection, best of 2 by caption likelihood, is the shipped text-to-image default (docs/shapes_model.md).
 pipe = CogViewPipeline.from_components(models, "$TEXT", "$IMAGE", sampling=DEFAULT_SAMPLING, candidates=2)
 pipe.save_pretrained("${DEST:-$OUT/shapes/model}")
 PYEOF

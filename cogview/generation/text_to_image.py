@@ -51,7 +51,7 @@ DEFAULT_MAX_BATCH_SIZE = 16
 
 # Sampling defaults for model folders that name none, and for from_components. Measured on the
 # shipped model (docs/generation.md, "Choosing the defaults"; re-measured on the continued model in
-# docs/default_model.md): guidance 1.5 with top-k 20 aligned best on average for zh and en prompts;
+# docs/shapes_model.md): guidance 1.5 with top-k 20 aligned best on average for zh and en prompts;
 # guidance 2 and 3 broke colour and position on shapes. Temperature 0.3-0.5 beat 0.7 and 1.0 on
 # the third-stage model (a small model's tails draw stray codes that break a shape's outline).
 # min_p 0.15 (plausibility under the conditional model) lifted shapes by 1.5-4 points and digits by
