@@ -23,7 +23,7 @@ ROI2_RULES = ("inference", "training")
 TASKS = ("text_to_image", "image_to_text", "super_resolution")
 # Special tokens each layout adds around its text and image codes (see the builders below).
 LAYOUT_OVERHEAD = {"text_to_image": 4, "image_to_text": 5, "super_resolution": 8}
-DEFAULT_SR_WINDOW = 8  # low-res codes per super-resolution window side (16 px of a 32 px image)
+DEFAULT_SR_WINDOW = 8  # low-res codes per super-resolution window side (a whole 32 px image on an 8x8 grid)
 
 
 class TokenSequence(NamedTuple):

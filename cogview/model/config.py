@@ -144,8 +144,9 @@ class TransformerConfig:
 PRESETS: dict[str, TransformerConfig] = {
     # For tests: builds and runs in milliseconds on a CPU.
     "tiny": TransformerConfig(vocab_size=512, dim=64, n_layers=2, n_heads=4, max_seq_len=128),
-    # The default shipped model: ~10.6M parameters in the blocks, plus vocab_size * 384 in the
-    # (tied) word table. Override vocab_size with dataclasses.replace to fit the tokenizers.
+    # A small CPU model: ~10.6M parameters in the blocks, plus vocab_size * 384 in the (tied) word
+    # table (the shipped transformers are narrower, docs/default_model.md). Override vocab_size with
+    # dataclasses.replace to fit the tokenizers.
     "small": TransformerConfig(
         vocab_size=16384, dim=384, n_layers=6, n_heads=6, max_seq_len=1089, dropout=0.1, sandwich_ln=True
     ),

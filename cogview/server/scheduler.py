@@ -40,7 +40,7 @@ from cogview.server.metrics import Metrics
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_QUEUE = 64
-DEFAULT_MAX_BATCH_ROWS = 128  # 32 guided draws: about 350 MB of KV cache with the shipped model
+DEFAULT_MAX_BATCH_ROWS = 128  # 32 guided draws: about 100 MB of KV cache with the shipped model
 DEFAULT_DEADLINE = 300.0  # seconds from arrival to result
 DEFAULT_BATCH_WAIT = 0.05  # seconds a starting batch waits for requests that arrive with the first
 DEFAULT_PREVIEW_ROWS = 2  # code rows between two previews of a streamed request
