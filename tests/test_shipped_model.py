@@ -1,4 +1,5 @@
-"""The shipped default model folder: it loads on its own and serves all four jobs."""
+"""The shipped default model folder: it loads on its own and serves all four jobs, on emoji,
+shapes and digits (docs/default_model.md has the full measurements)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,12 @@ import pytest
 import torch
 
 from cogview import datasets
-from cogview.datasets import shapes
+from cogview.datasets import emoji, shapes
+from cogview.datasets.checkers import EmojiChecker
 from cogview.pipeline import CogViewPipeline
+
+# Train emoji the tests ask for, by canonical name (fixed, so a test reads the same images each run).
+EMOJI = ("🍕", "🚀", "🦒", "🐱")
 
 
 @pytest.fixture(scope="module")
@@ -25,6 +30,24 @@ def test_shipped_text_to_image_is_seeded(pipe: CogViewPipeline) -> None:
     a = pipe.generate("a handwritten digit 7", seed=3)[0]
     b = pipe.generate("a handwritten digit 7", seed=3)[0]
     assert a.size == (32, 32) and np.array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_shipped_model_draws_emoji_by_name(pipe: CogViewPipeline) -> None:
+    """Bare CLDR names in both languages, the shipped settings, read by the nearest-render checker."""
+    checker = EmojiChecker.build()
+    asked = [(e, emoji.canonical_caption(e, lang)) for e in EMOJI for lang in ("zh", "en")]
+    images = [pipe.generate(prompt, seed=i)[0] for i, (_, prompt) in enumerate(asked)]
+    right = sum(r["emoji"] for r in checker.check(images, [e for e, _ in asked]))
+    assert right >= EMOJI_DRAWN, f"{right} of {len(asked)} emoji drawn (measured: {EMOJI_DRAWN_MEASURED})"
+
+
+def test_shipped_captions_name_emoji(pipe: CogViewPipeline) -> None:
+    assert all(emoji.emoji_split(emoji.emoji_info(e)) == "train" for e in EMOJI)
+    right = 0
+    for e in EMOJI:
+        for lang in ("zh", "en"):
+            right += emoji.parse_caption(pipe.caption(emoji.render_emoji(e), language=lang)[0], lang) == e
+    assert right >= EMOJI_NAMED, f"{right} of {2 * len(EMOJI)} captions name the emoji (measured: {EMOJI_NAMED_MEASURED})"
 
 
 def test_shipped_captions_name_the_scene(pipe: CogViewPipeline) -> None:
