@@ -8,6 +8,7 @@ COGVIEW_SCREENSHOT=PATH keeps the screenshot there (docs/images/server_page.png 
 from __future__ import annotations
 
 import base64
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +16,8 @@ from typing import Any
 
 import pytest
 from required import CI
+
+import cogview
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 REQUIRED = os.environ.get("COGVIEW_REQUIRE_BROWSER") == "1" or CI
@@ -101,8 +104,10 @@ def test_generate_caption_and_edit_in_the_page(browser: Any, url: str, tmp_path:
     wait.until(lambda d: d.find_element(By.ID, "error").is_displayed())
     assert "prompt" in browser.find_element(By.ID, "error").text
 
-    # "Best of" starts at the model's post-selection default (the shipped model: 2).
-    assert browser.find_element(By.ID, "candidates").get_attribute("value") == "2"
+    # "Best of" starts at the model's post-selection default (the shipped model: 4).
+    shipped = json.loads((Path(cogview.__file__).parent / "assets/default/pipeline.json").read_text())
+    best_of = str(shipped["post_selection"]["candidates"])
+    assert browser.find_element(By.ID, "candidates").get_attribute("value") == best_of
     browser.find_element(By.ID, "prompt").send_keys(PROMPT)
     for field, value in (("num-images", "4"), ("seed", "1")):
         box = browser.find_element(By.ID, field)
@@ -120,7 +125,7 @@ def test_generate_caption_and_edit_in_the_page(browser: Any, url: str, tmp_path:
     assert not browser.find_element(By.ID, "progress").is_displayed()
     assert not browser.find_element(By.ID, "error").is_displayed()
     assert "seed 1" in browser.find_element(By.ID, "summary").text
-    assert "best of 2" in browser.find_element(By.ID, "summary").text
+    assert f"best of {best_of}" in browser.find_element(By.ID, "summary").text
     images = browser.find_elements(By.CSS_SELECTOR, "#results img")
     sources = [im.get_attribute("src") for im in images]
     assert all(s.startswith("data:image/png;base64,") for s in sources)

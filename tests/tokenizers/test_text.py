@@ -13,8 +13,8 @@ import torch
 from required import require_reference
 
 from cogview.tokenizers.text import (
-    SHIPPED_VOCAB_SIZE,
     SHAPES_DATASETS,
+    SHIPPED_VOCAB_SIZE,
     TextTokenizer,
     default_training_sentences,
     train_default,
@@ -228,7 +228,6 @@ def test_shipped_default_fits_every_emoji_caption_in_the_text_budget(shipped: Te
 
     lengths = [len(shipped.encode(t)) for t in emoji.all_captions()]
     assert len(lengths) > 30_000 and max(lengths) <= 23
-    assert len(shipped.encode("披萨")) <= 2 and len(shipped.encode("pizza")) <= 2
 
 
 def test_shipped_default_is_reproducible(shipped: TextTokenizer, tmp_path: Path) -> None:
