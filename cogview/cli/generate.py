@@ -147,7 +147,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=int,
         help="draw N candidates per image and keep the one whose caption likelihood of the prompt is "
         "highest (CogView's post-selection; needs a captioning model; costs N samples per image); 1 = off "
-        "(default: the model's, post_selection in pipeline.json; the shipped model: 2)",
+        "(default: the model's, post_selection in pipeline.json; the shipped model: 4)",
     )
     p.add_argument(
         "--upscale",
