@@ -7,6 +7,8 @@ colour, shape, background and position all right; digits: the classifier reads t
 digit; emoji-train / emoji-test: the nearest OpenMoji render is the asked emoji / its base and
 skin tone). Prints a table, writes benchmarks/results/NAME.json and a PNG grid per setting.
 A training run's transformer is measured with --transformer RUN/model and its tokenizers.
+By default it compares guidance 1 and 3 with one sample each; --as-shipped measures the model's
+own guidance scale and post-selection (best of N) instead.
 """
 
 from __future__ import annotations
@@ -40,6 +42,12 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=40, help="distinct prompts per dataset and language")
     parser.add_argument("--per-prompt", type=int, default=5, help="images per prompt (seeds seed+k)")
     parser.add_argument("--guidance", default="1,3", help="comma-separated guidance scales to compare")
+    parser.add_argument(
+        "--as-shipped",
+        action="store_true",
+        help="measure the model's own defaults: its guidance scale and post-selection candidates "
+        "(overrides --guidance and --candidates)",
+    )
     parser.add_argument("--datasets", default="shapes,digits")
     parser.add_argument("--langs", default="zh,en")
     parser.add_argument(
@@ -66,6 +74,9 @@ def main() -> None:
         )
     else:
         pipe = CogViewPipeline.from_pretrained(args.model)
+    if args.as_shipped:
+        default = pipe.text_to_image.sampling["default"]
+        args.guidance, args.candidates = f"{default.guidance_scale:g}", str(pipe.candidates)
     datasets = args.datasets.split(",")
     classifier = DigitClassifier.fit_default(size=pipe.image_tokenizer.image_size)
     emoji_checker = EmojiChecker.build() if any(d.startswith("emoji") for d in datasets) else None
@@ -115,7 +126,9 @@ def main() -> None:
     report = {
         "command": "python benchmarks/alignment.py "
         + " ".join(
-            f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v is not None and k != "out"
+            f"--{k.replace('_', '-')} {v}"
+            for k, v in vars(args).items()
+            if v is not None and k not in ("out", "as_shipped")
         ),
         "model": args.transformer or args.model or "shipped default",
         "seconds": time.perf_counter() - started,
