@@ -20,6 +20,7 @@
 #   STAGE=6c the captioner: stage 6's weights on image-to-text rows only, caption tokens weighted
 #            10x (configs/emoji-caption.json)
 #   STAGE=6d the captioner 4,000 steps more from 6c (configs/emoji-caption-more.json)
+#   STAGE=6e text-to-image 10,000 steps more from 6b at half its peak, emoji x3 (configs/emoji-t2i-more.json)
 #   STAGE=7  the super-resolution transformer with cell inputs, DDP (configs/emoji-sr.json)
 #   STAGE=7b super-resolution 4,000 steps more from 7, shapes x3 (configs/emoji-sr-more.json)
 #   STAGE=dec  the 8x8 tokenizer's decoder trained further, encoder and codebook frozen (codes
@@ -114,6 +115,13 @@ if run 6d; then
   # On a machine without runs/emoji/caption: INIT=models/emoji-wip/caption.
   ddp --config configs/emoji-caption-more.json --out "$OUT/emoji/caption-more" --resume \
     --set init_from="${INIT:-$OUT/emoji/caption/model}"
+fi
+if run 6e; then
+  # Text-to-image on from 6b, whose loss was still falling (0.42 -> 0.37), at half its peak with emoji
+  # three times: 6b left train emoji at 63.5% / 71.5% and shapes at 74.5% / 78% (floors 80 and 90).
+  # On a machine without runs/emoji/t2i-balance: INIT=models/emoji-wip/t2i-balance.
+  ddp --config configs/emoji-t2i-more.json --out "$OUT/emoji/t2i-more" --resume \
+    --set init_from="${INIT:-$OUT/emoji/t2i-balance/model}"
 fi
 if run 7; then
   ddp --config configs/emoji-sr.json --out "$OUT/emoji/sr" --resume
