@@ -15,9 +15,9 @@ from cogview.pipeline import CogViewPipeline
 
 # Train emoji the tests ask for, by canonical name (fixed, so a test reads the same images each run).
 EMOJI = ("🍕", "🚀", "🦒", "🐱")
-# Measured on these 8 prompts / 8 captions with the shipped folder (torch 2.13, one thread): 5 and 5.
+# Measured on these 8 prompts / 8 captions with the shipped folder (torch 2.13, one thread): 8 and 5.
 # One below, for bit differences across machines; the model's rates are in docs/default_model.md.
-EMOJI_DRAWN, EMOJI_NAMED = 4, 4
+EMOJI_DRAWN, EMOJI_NAMED = 7, 4
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +42,7 @@ def test_shipped_model_draws_emoji_by_name(pipe: CogViewPipeline) -> None:
     asked = [(e, emoji.canonical_caption(e, lang)) for e in EMOJI for lang in ("zh", "en")]
     images = [pipe.generate(prompt, seed=i)[0] for i, (_, prompt) in enumerate(asked)]
     right = sum(r["emoji"] for r in checker.check(images, [e for e, _ in asked]))
-    assert right >= EMOJI_DRAWN, f"{right} of {len(asked)} emoji drawn (measured: 5)"
+    assert right >= EMOJI_DRAWN, f"{right} of {len(asked)} emoji drawn (measured: 8)"
 
 
 def test_shipped_captions_name_emoji(pipe: CogViewPipeline) -> None:
