@@ -20,6 +20,7 @@
 #   STAGE=6c the captioner: stage 6's weights on image-to-text rows only, caption tokens weighted
 #            10x (configs/emoji-caption.json)
 #   STAGE=6d the captioner 4,000 steps more from 6c (configs/emoji-caption-more.json)
+#   STAGE=6f the captioner 4,000 steps more from 6d at half its peak (configs/emoji-caption-more2.json)
 #   STAGE=6e text-to-image 10,000 steps more from 6b at half its peak, emoji x3 (configs/emoji-t2i-more.json)
 #   STAGE=7  the super-resolution transformer with cell inputs, DDP (configs/emoji-sr.json)
 #   STAGE=7b super-resolution 4,000 steps more from 7, shapes x3 (configs/emoji-sr-more.json)
@@ -115,6 +116,12 @@ if run 6d; then
   # On a machine without runs/emoji/caption: INIT=models/emoji-wip/caption.
   ddp --config configs/emoji-caption-more.json --out "$OUT/emoji/caption-more" --resume \
     --set init_from="${INIT:-$OUT/emoji/caption/model}"
+fi
+if run 6f; then
+  # The captioner on from 6d (train emoji named 60% / 77%, floor 80%), at half 6d's peak.
+  # On a machine without runs/emoji/caption-more: INIT=cogview/assets/default/caption.
+  ddp --config configs/emoji-caption-more2.json --out "$OUT/emoji/caption-more2" --resume \
+    --set init_from="${INIT:-$OUT/emoji/caption-more/model}"
 fi
 if run 6e; then
   # Text-to-image on from 6b, whose loss was still falling (0.42 -> 0.37), at half its peak with emoji
