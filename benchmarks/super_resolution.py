@@ -40,8 +40,14 @@ def main() -> None:
     p.add_argument("--top-k", type=int, default=None, help="sampling top-k (default: the model's, greedy)")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--out", default="benchmarks/results")
+    p.add_argument(
+        "--out",
+        default="benchmarks/results",
+        help="folder for super_resolution[_DATASET].json and its grid PNG (default: benchmarks/results)",
+    )
     args = p.parse_args()
+    if Path(args.out).suffix in (".json", ".png"):
+        p.error(f"--out names a folder, not a file: {args.out}")
     torch.set_num_threads(args.threads)
     if args.baselines_only:
         if args.image_tokenizer is None:
