@@ -15,9 +15,9 @@ from cogview.pipeline import CogViewPipeline
 
 # Train emoji the tests ask for, by canonical name (fixed, so a test reads the same images each run).
 EMOJI = ("🍕", "🚀", "🦒", "🐱")
-# Measured on these 8 prompts / 8 captions with the shipped folder (torch 2.13, one thread): 8 and 5.
+# Measured on these 8 prompts / 8 captions with the shipped folder (torch 2.13, one thread): 8 and 6.
 # One below, for bit differences across machines; the model's rates are in docs/default_model.md.
-EMOJI_DRAWN, EMOJI_NAMED = 7, 4
+EMOJI_DRAWN, EMOJI_NAMED = 7, 5
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +51,7 @@ def test_shipped_captions_name_emoji(pipe: CogViewPipeline) -> None:
     for e in EMOJI:
         for lang in ("zh", "en"):
             right += emoji.parse_caption(pipe.caption(emoji.render_emoji(e), language=lang)[0], lang) == e
-    assert right >= EMOJI_NAMED, f"{right} of {2 * len(EMOJI)} captions name the emoji (measured: 5)"
+    assert right >= EMOJI_NAMED, f"{right} of {2 * len(EMOJI)} captions name the emoji (measured: 6)"
 
 
 def test_shipped_captions_name_the_scene(pipe: CogViewPipeline) -> None:
@@ -62,9 +62,9 @@ def test_shipped_captions_name_the_scene(pipe: CogViewPipeline) -> None:
         for lang in ("zh", "en"):
             parsed = shapes.parse_caption(pipe.caption(scene.image, language=lang)[0], lang)
             right += parsed is not None and all(parsed[k] == scene.attributes[k] for k in parsed)
-    # English 8 of 8, Chinese 1 of 8: the 4,096-piece tokenizer's slot-spanning zh pieces
+    # English 6 of 8, Chinese 4 of 8 (stage 6f): the 4,096-piece tokenizer's slot-spanning zh pieces
     # (docs/emoji_model.md, "Why Chinese shapes captions fail").
-    assert right >= 8, f"{right} of 16 captions name the scene (measured: 9)"
+    assert right >= 9, f"{right} of 16 captions name the scene (measured: 10)"
 
 
 @pytest.mark.parametrize(("name", "floor"), [("emoji", 17.7), ("shapes", 28.2)])
