@@ -55,6 +55,10 @@ def main() -> None:
     if out.exists() and any(out.iterdir()):
         p.error(f"{out} is not empty")
 
+    if not (Path(args.transformer) / "cogview.json").is_file():
+        # Without its training record the prompt's text budget would be whatever fits the positions
+        # (29 for the emoji model), not the one it was trained with (24): a silently different layout.
+        p.error(f"{args.transformer} has no training record (cogview.json): pass a training run's RUN/model")
     image_tok = ImageTokenizer.from_pretrained(args.image_tokenizer)
     # Each folder's training record (tasks, vocabulary, tokenizer fingerprints) is checked here.
     trained = CogViewPipeline.from_components(args.transformer, args.text_tokenizer, image_tok)

@@ -1,0 +1,32 @@
+"""Scripts refuse arguments that would silently do the wrong thing, before any work."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
+def test_assembling_refuses_a_transformer_without_its_training_record(tmp_path: Path) -> None:
+    # An assembled folder's transformer has no cogview.json: its text budget would come out wrong.
+    done = _run(
+        "scripts/assemble_emoji_model.py",
+        "--transformer",
+        "cogview/assets/default/transformer",
+        "--out",
+        str(tmp_path / "out"),
+    )
+    assert done.returncode == 2 and "no training record" in done.stderr, done.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_super_resolution_benchmark_refuses_a_file_as_its_out_folder(tmp_path: Path) -> None:
+    done = _run("benchmarks/super_resolution.py", "--out", str(tmp_path / "sr.json"))
+    assert done.returncode == 2 and "names a folder" in done.stderr, done.stderr
+    assert not (tmp_path / "sr.json").exists()
