@@ -83,11 +83,26 @@ def caption_shapes(pipe: CogViewPipeline, n: int, lang: str, batch: int) -> dict
     return out
 
 
+def emoji_examples(split: str, n: int, size: int) -> list[datasets.Example]:
+    """A fixed random draw of n emoji of `split` (the same draw in every run)."""
+    ds = emoji.load(split, size=size)
+    picks = sorted(random.Random(f"captioning-{split}").sample(range(len(ds)), min(n, len(ds))))
+    return [ds[i] for i in picks]
+
+
+def names_emoji(caption: str, example: datasets.Example, lang: str) -> bool:
+    """Whether `caption` names the example's emoji: the emoji itself, or its name in `lang`."""
+    parsed = emoji.parse_caption(caption, lang)
+    if parsed is None:
+        return False
+    name = "name_zh" if lang == "zh" else "name_en"
+    want = example.attributes
+    return parsed == want["emoji"] or getattr(emoji.emoji_info(parsed), name) == want[name]
+
+
 def caption_emoji(pipe: CogViewPipeline, split: str, n: int, lang: str, batch: int) -> dict[str, float]:
     """Captions of n emoji of `split` (a fixed random draw): the name right, and base / tone apart."""
-    ds = emoji.load(split, size=pipe.image_tokenizer.image_size)
-    picks = sorted(random.Random(f"captioning-{split}").sample(range(len(ds)), min(n, len(ds))))
-    examples = [ds[i] for i in picks]
+    examples = emoji_examples(split, n, pipe.image_tokenizer.image_size)
     captions = pipe.caption([e.image for e in examples], lang, max_batch_size=batch)
     name = "name_zh" if lang == "zh" else "name_en"
     named = base = tone = parsed_any = 0
@@ -97,7 +112,7 @@ def caption_emoji(pipe: CogViewPipeline, split: str, n: int, lang: str, batch: i
             continue
         parsed_any += 1
         got, want = emoji.emoji_info(parsed), e.attributes
-        named += parsed == want["emoji"] or getattr(got, name) == want[name]
+        named += names_emoji(c, e, lang)
         base += got.base == want["base"]
         tone += got.tone == want["tone"]
     count = len(examples)

@@ -21,7 +21,9 @@
 #            10x (configs/emoji-caption.json)
 #   STAGE=6d the captioner 4,000 steps more from 6c (configs/emoji-caption-more.json)
 #   STAGE=6f the captioner 4,000 steps more from 6d at half its peak (configs/emoji-caption-more2.json)
+#   STAGE=6h the captioner 4,000 steps more from 6f at half 6f's peak, emoji x4 (configs/emoji-caption-more3.json)
 #   STAGE=6e text-to-image 10,000 steps more from 6b at half its peak, emoji x3 (configs/emoji-t2i-more.json)
+#   STAGE=6g text-to-image 7,000 steps more from 6e at half 6e's peak, shapes x2 (configs/emoji-t2i-more2.json)
 #   STAGE=7  the super-resolution transformer with cell inputs, DDP (configs/emoji-sr.json)
 #   STAGE=7b super-resolution 4,000 steps more from 7, shapes x3 (configs/emoji-sr-more.json)
 #   STAGE=dec  the 8x8 tokenizer's decoder trained further, encoder and codebook frozen (codes
@@ -123,12 +125,25 @@ if run 6f; then
   ddp --config configs/emoji-caption-more2.json --out "$OUT/emoji/caption-more2" --resume \
     --set init_from="${INIT:-$OUT/emoji/caption-more/model}"
 fi
+if run 6h; then
+  # The captioner on from 6f (train emoji named 72% / 84%, floor 80%; its loss still falling).
+  # On a machine without runs/emoji/caption-more2: INIT=cogview/assets/default/caption.
+  ddp --config configs/emoji-caption-more3.json --out "$OUT/emoji/caption-more3" --resume \
+    --set init_from="${INIT:-$OUT/emoji/caption-more2/model}"
+fi
 if run 6e; then
   # Text-to-image on from 6b, whose loss was still falling (0.42 -> 0.37), at half its peak with emoji
   # three times: 6b left train emoji at 63.5% / 71.5% and shapes at 74.5% / 78% (floors 80 and 90).
   # On a machine without runs/emoji/t2i-balance: INIT=models/emoji-wip/t2i-balance.
   ddp --config configs/emoji-t2i-more.json --out "$OUT/emoji/t2i-more" --resume \
     --set init_from="${INIT:-$OUT/emoji/t2i-balance/model}"
+fi
+if run 6g; then
+  # Text-to-image on from 6e (train emoji 88% / 92%, shapes 80.5% / 82.5% with the shape field at 83%,
+  # floor 90), at half 6e's peak with every shapes scene twice.
+  # On a machine without runs/emoji/t2i-more: INIT=cogview/assets/default/transformer.
+  ddp --config configs/emoji-t2i-more2.json --out "$OUT/emoji/t2i-more2" --resume \
+    --set init_from="${INIT:-$OUT/emoji/t2i-more/model}"
 fi
 if run 7; then
   ddp --config configs/emoji-sr.json --out "$OUT/emoji/sr" --resume
