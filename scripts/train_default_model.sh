@@ -23,6 +23,7 @@
 #   STAGE=6f the captioner 4,000 steps more from 6d at half its peak (configs/emoji-caption-more2.json)
 #   STAGE=6h the captioner 4,000 steps more from 6f at half 6f's peak, emoji x4 (configs/emoji-caption-more3.json)
 #   STAGE=6e text-to-image 10,000 steps more from 6b at half its peak, emoji x3 (configs/emoji-t2i-more.json)
+#   STAGE=6i text-to-image 6,000 steps more from 6g, shapes x3, digits x4 (configs/emoji-t2i-more3.json)
 #   STAGE=6g text-to-image 7,000 steps more from 6e at half 6e's peak, shapes x2 (configs/emoji-t2i-more2.json)
 #   STAGE=7  the super-resolution transformer with cell inputs, DDP (configs/emoji-sr.json)
 #   STAGE=7b super-resolution 4,000 steps more from 7, shapes x3 (configs/emoji-sr-more.json)
@@ -144,6 +145,13 @@ if run 6g; then
   # On a machine without runs/emoji/t2i-more: INIT=cogview/assets/default/transformer.
   ddp --config configs/emoji-t2i-more2.json --out "$OUT/emoji/t2i-more2" --resume \
     --set init_from="${INIT:-$OUT/emoji/t2i-more/model}"
+fi
+if run 6i; then
+  # Text-to-image on from 6g (shapes 84% / 87.5%, floor 90; digits fell to 94.5% / 97% with digit
+  # rows 2% of 6g's mixture): shapes three times, digits four times, same peak as 6g.
+  # On a machine without runs/emoji/t2i-more2: INIT=cogview/assets/default/transformer.
+  ddp --config configs/emoji-t2i-more3.json --out "$OUT/emoji/t2i-more3" --resume \
+    --set init_from="${INIT:-$OUT/emoji/t2i-more2/model}"
 fi
 if run 7; then
   ddp --config configs/emoji-sr.json --out "$OUT/emoji/sr" --resume
