@@ -5,7 +5,7 @@ best. The reverse for captioning: draw several captions of an image (greedy + sa
 the one under which the text-to-image transformer finds the image most likely,
 ``log p(codes | caption)`` (for one image, the same ranking as the pointwise mutual information
 of caption and image). ``captioner+t2i`` adds the captioner's own ``log p(caption | image)``.
-``oracle`` is the share of images with a right name among the candidates: the ceiling of any
+``pipe.caption(..., candidates=N)`` serves the ``captioner+t2i`` choice. ``oracle`` is the share of images with a right name among the candidates: the ceiling of any
 re-ranking.
 
     python benchmarks/caption_rescoring.py [--model DIR] [-n 200] [--samples 8] [--top-k 8]
@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from captioning import emoji_examples, names_emoji
 
-from cogview.generation.editing import code_log_likelihoods
+from cogview.generation.reranking import CAPTION_CANDIDATE_SAMPLING, caption_scores
 from cogview.pipeline import CogViewPipeline
 
 METHODS = ("greedy", "t2i", "captioner+t2i", "oracle")
@@ -36,22 +36,12 @@ def measure(pipe: CogViewPipeline, split: str, lang: str, args: argparse.Namespa
     images = [e.image for e in examples]
     codes = cap.codes(images)  # [n, g, g]
     greedy = pipe.caption(images, lang)
-    sampled = pipe.caption(images, lang, num_captions=args.samples, top_k=args.top_k, seed=args.seed)
+    sampling = CAPTION_CANDIDATE_SAMPLING | {"top_k": args.top_k}
+    sampled = pipe.caption(images, lang, num_captions=args.samples, seed=args.seed, **sampling)
     right = dict.fromkeys(METHODS, 0)
     for i, example in enumerate(examples):
         candidates = list(dict.fromkeys([greedy[i], *sampled[i * args.samples : (i + 1) * args.samples]]))
-        image_scores = torch.stack(
-            [
-                code_log_likelihoods(
-                    t2i.transformer,
-                    t2i.prompt_tokens(c)[0][None],
-                    codes[i].flatten()[None],
-                    t2i.vocab.image_range,
-                ).sum()
-                for c in candidates
-            ]
-        )  # [C]; one row each: prompts differ in length
-        text_scores, _ = cap.log_likelihoods(codes[i : i + 1].expand(len(candidates), -1, -1), candidates)
+        text_scores, image_scores = caption_scores(cap, t2i, codes[i], candidates)
         ok = [names_emoji(c, example, lang) for c in candidates]
         right["greedy"] += ok[0]
         right["t2i"] += ok[int(image_scores.argmax())]

@@ -35,7 +35,7 @@ from cogview.generation.original import (
     OriginalSuperResolution,
     OriginalTextToImage,
 )
-from cogview.generation.reranking import rerank
+from cogview.generation.reranking import best_captions, rerank
 from cogview.generation.sampling import SamplingConfig
 from cogview.generation.super_resolution import SuperResolution
 from cogview.generation.text_to_image import (
@@ -339,17 +339,39 @@ class CogViewPipeline:
         images: Image.Image | Sequence[Image.Image],
         language: str = "zh",
         num_captions: int | None = None,
+        *,
+        candidates: int = 1,
         **kwargs: Any,
     ) -> list[str]:
         """``num_captions`` captions per image in ``language`` ("zh" or "en"), image by image (see
         :meth:`Captioner.caption` for the sampling settings). None: the job's default (1; the
-        original script's 8 under ``semantics="original"``)."""
+        original script's 8 under ``semantics="original"``).
+
+        ``candidates`` > 1: one caption per image, the best of the greedy caption and
+        ``candidates - 1`` sampled ones by caption score plus the text-to-image model's
+        ``log p(image | caption)`` (:func:`~cogview.generation.reranking.best_captions`; needs the
+        text_to_image job; sampling overrides apply to the sampled candidates).
+        """
         captioner = self._job("image_to_text")
         num_captions = captioner.default_num_captions if num_captions is None else num_captions
         num_captions = positive_int("num_captions", num_captions)
+        candidates = _check_candidates(candidates)
         n_images = 1 if isinstance(images, Image.Image) else len(images)
-        self._check_samples(n_images * num_captions, f"{n_images} image(s) x {num_captions} caption(s)")
-        return captioner.caption(images, language, num_captions, **kwargs)
+        if candidates == 1:
+            self._check_samples(n_images * num_captions, f"{n_images} image(s) x {num_captions} caption(s)")
+            return captioner.caption(images, language, num_captions, **kwargs)
+        if num_captions != 1:
+            raise ValueError(
+                f"candidates={candidates} chooses one caption per image; got num_captions={num_captions} "
+                "(ask for several sampled captions without candidates)"
+            )
+        if self.semantics != "cogview":
+            raise ValueError(
+                "caption candidates are re-ranked by our text-to-image job; not with semantics='original'"
+            )
+        t2i = self._job("text_to_image")
+        self._check_samples(n_images * candidates, f"{n_images} image(s) x {candidates} caption candidates")
+        return best_captions(captioner, t2i, images, language, candidates, **kwargs)
 
     def _check_samples(self, total: int, what: str) -> None:
         if total > self.max_samples:

@@ -10,6 +10,7 @@ import torch
 from cogview import datasets
 from cogview.datasets import emoji, shapes
 from cogview.datasets.checkers import EmojiChecker
+from cogview.generation.reranking import CAPTION_CANDIDATE_SAMPLING, caption_scores
 from cogview.images import psnr, to_tensor
 from cogview.pipeline import CogViewPipeline
 
@@ -65,6 +66,50 @@ def test_shipped_captions_name_the_scene(pipe: CogViewPipeline) -> None:
     # English 6 of 8, Chinese 4 of 8 (stage 6f): the 4,096-piece tokenizer's slot-spanning zh pieces
     # (docs/emoji_model.md, "Why Chinese shapes captions fail").
     assert right >= 9, f"{right} of 16 captions name the scene (measured: 10)"
+
+
+def test_text_to_image_scores_the_right_name_higher(pipe: CogViewPipeline) -> None:
+    """log p(codes | caption), the re-ranking half from the text-to-image model, knows the emoji."""
+    for e in EMOJI:
+        codes = pipe.captioner.codes(emoji.render_emoji(e))[0]
+        for lang in ("zh", "en"):
+            others = [emoji.canonical_caption(o, lang) for o in EMOJI if o != e]
+            texts = [emoji.canonical_caption(e, lang), *others]
+            _, image_scores = caption_scores(pipe.captioner, pipe.text_to_image, codes, texts)
+            assert int(image_scores.argmax()) == 0, f"{texts}: {image_scores.tolist()}"
+
+
+def test_caption_candidates_keep_the_best_scoring_one(pipe: CogViewPipeline) -> None:
+    torch.set_num_threads(1)
+    images = [emoji.render_emoji(e) for e in EMOJI]
+    chosen = pipe.caption(images, "en", candidates=5, seed=7)
+    greedy = pipe.caption(images, "en")
+    sampled = pipe.caption(images, "en", 4, seed=7, **CAPTION_CANDIDATE_SAMPLING)
+    codes = pipe.captioner.codes(images)
+    assert len(chosen) == len(images)
+    for i in range(len(images)):
+        texts = list(dict.fromkeys([greedy[i], *sampled[4 * i : 4 * i + 4]]))
+        text_scores, image_scores = caption_scores(pipe.captioner, pipe.text_to_image, codes[i], texts)
+        assert chosen[i] == texts[int((text_scores + image_scores).argmax())]
+
+
+def test_caption_candidates_refuse_what_they_cannot_do(pipe: CogViewPipeline) -> None:
+    image = emoji.render_emoji(EMOJI[0])
+    with pytest.raises(ValueError, match="one caption per image"):
+        pipe.caption(image, "en", 2, candidates=4)
+    with pytest.raises(ValueError, match="candidates must"):
+        pipe.caption(image, "en", candidates=0)
+    caption_only = CogViewPipeline(
+        None,
+        pipe.text_tokenizer,
+        pipe.image_tokenizer,
+        pipe.vocab,
+        jobs=("image_to_text",),
+        job_models={"image_to_text": pipe.models["image_to_text"]},
+    )
+    assert caption_only.caption(image, "en")  # greedy needs no text-to-image model
+    with pytest.raises(ValueError, match="text_to_image"):
+        caption_only.caption(image, "en", candidates=4)
 
 
 @pytest.mark.parametrize(("name", "floor"), [("emoji", 17.7), ("shapes", 28.2)])

@@ -35,11 +35,12 @@ def cmd_caption(args: argparse.Namespace) -> int:
     pipe = _pipeline(args)
     n = args.num_captions
     if n is None:  # the model's default (a converted CogView folder: image2text.sh's 8)
-        n = pipe.captioner.default_num_captions if pipe.captioner is not None else 1
+        n = 1 if args.candidates > 1 or pipe.captioner is None else pipe.captioner.default_num_captions
     captions = pipe.caption(
         images,
         args.language,
         n,
+        candidates=args.candidates,
         seed=args.seed,
         max_batch_size=args.max_batch_size,
         **sampling_overrides(args),
@@ -125,6 +126,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--num-captions",
         type=int,
         help="captions per image (default: the model's: 1, or 8 for converted CogView weights as image2text.sh)",
+    )
+    p.add_argument(
+        "--candidates",
+        type=int,
+        default=1,
+        help="draw the greedy caption and N-1 sampled ones (top-k 8) and keep the one the captioner and "
+        "the text-to-image model agree on best (needs both jobs; one caption per image; default: 1 = greedy)",
     )
     p.add_argument("--seed", type=int, help="random seed for sampled captions")
     p.add_argument("--temperature", type=float, help="divide logits by this (default: model's)")
