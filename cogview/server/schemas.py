@@ -21,6 +21,7 @@ MAX_DRAWS = 64  # num_images * candidates: images sampled by one call
 MAX_PROMPT_CHARS = 500
 MAX_PROMPTS = 16
 MAX_CAPTIONS = 8
+MAX_CAPTION_CANDIDATES = 16  # caption candidates re-ranked per image
 MAX_SEED = 2**53 - 1  # JSON-safe: a JavaScript client reads and sends it exactly
 MAX_IMAGE_CHARS = 8_000_000  # base64 text of one image (about 6 MB of PNG)
 MAX_UPSCALE_SIDE = 64  # shorter side (whole codes) of an image to upscale: 64 px is 4x the work of 32
@@ -86,7 +87,20 @@ class CaptionRequest(Sampling):
     image: ImageData
     language: Literal["zh", "en"] = "zh"
     num_captions: int = Field(1, ge=1, le=MAX_CAPTIONS)
+    candidates: int = Field(
+        1,
+        ge=1,
+        le=MAX_CAPTION_CANDIDATES,
+        description="above 1: the best of the greedy caption and candidates-1 sampled ones, "
+        "re-ranked with the text-to-image model (one caption)",
+    )
     seed: Seed | None = None
+
+    @model_validator(mode="after")
+    def _one_caption_when_reranked(self) -> CaptionRequest:
+        if self.candidates > 1 and self.num_captions != 1:
+            raise ValueError("candidates above 1 choose one caption: leave num_captions at 1")
+        return self
 
 
 class ScoreRequest(Request):

@@ -120,8 +120,13 @@ class Service:
         settings = req.sampling_overrides()
         seed = random_seed() if req.seed is None else req.seed
 
+        if req.candidates > 1:
+            self._require("text_to_image", "re-rank caption candidates (the text-to-image model scores them)")
+
         def run() -> dict[str, Any]:
-            captions = self.pipeline.caption(image, req.language, req.num_captions, seed=seed, **settings)
+            captions = self.pipeline.caption(
+                image, req.language, req.num_captions, candidates=req.candidates, seed=seed, **settings
+            )
             return {"captions": captions, "language": req.language, "seed": seed}
 
         return run

@@ -136,6 +136,15 @@ def test_caption_is_seeded_and_in_the_language_asked(client: TestClient, images:
     assert greedy.status_code == 200 and len(greedy.json()["captions"]) == 1
 
 
+def test_caption_candidates_return_the_library_s_choice(
+    client: TestClient, tiny_pipe: CogViewPipeline, images: list[Image.Image]
+) -> None:
+    body = {"image": png_b64(images[0]), "language": "en", "candidates": 4, "seed": 5}
+    reply = client.post("/api/caption", json=body)
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["captions"] == tiny_pipe.caption(images[0], "en", candidates=4, seed=5)
+
+
 def test_score_matches_the_library_and_ranks_best_first(
     client: TestClient, tiny_pipe: CogViewPipeline, images: list[Image.Image]
 ) -> None:
@@ -231,6 +240,8 @@ BAD_INPUTS = [
     ("/api/caption", {"image": "data:image/png," + GOOD}, 400, "without ;base64"),
     ("/api/caption", {"image": GOOD, "language": "fr"}, 422, "language"),
     ("/api/caption", {"image": ""}, 422, "image"),
+    ("/api/caption", {"image": GOOD, "candidates": 4, "num_captions": 2}, 422, "leave num_captions at 1"),
+    ("/api/caption", {"image": GOOD, "candidates": 17}, 422, "candidates"),
     ("/api/score", {"images": [GOOD]}, 422, "give either prompt"),
     ("/api/score", {"prompt": "a", "prompts": ["b"], "images": [GOOD]}, 422, "give either prompt"),
     ("/api/score", {"prompt": "a", "images": []}, 422, "images"),
