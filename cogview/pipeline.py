@@ -35,7 +35,7 @@ from cogview.generation.original import (
     OriginalSuperResolution,
     OriginalTextToImage,
 )
-from cogview.generation.reranking import best_captions, rerank
+from cogview.generation.reranking import CAPTION_SAMPLING_KEYS, best_captions, rerank
 from cogview.generation.sampling import SamplingConfig
 from cogview.generation.super_resolution import SuperResolution
 from cogview.generation.text_to_image import (
@@ -92,6 +92,8 @@ class PipelineConfig:
         job_sampling: the other jobs' sampling defaults (absent: the job's own).
         sr_window: low-res codes per super-resolution window side (written with that job).
         candidates: post-selection default (written when both text-to-image and captioning are served).
+        caption_candidates: caption candidates re-ranked by default (``post_selection.captions``;
+            written when above 1; needs both jobs too).
         semantics: ``"cogview"`` (our jobs) or ``"original"`` (the released code's jobs, for weights
             converted by ``cogview convert-original``; :mod:`cogview.generation.original`).
     """
@@ -106,6 +108,7 @@ class PipelineConfig:
     sr_window: int = DEFAULT_SR_WINDOW
     candidates: int = 1
     semantics: str = "cogview"
+    caption_candidates: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         """The contents of ``pipeline.json``; settings of jobs not served are left out."""
@@ -125,6 +128,8 @@ class PipelineConfig:
             out["super_resolution"] = {"window": self.sr_window}
         if "image_to_text" in self.jobs and "text_to_image" in self.jobs:
             out["post_selection"] = {"candidates": self.candidates}
+            if self.caption_candidates > 1:
+                out["post_selection"]["captions"] = self.caption_candidates
         if self.semantics != "cogview":  # written only when set: our folders stay as they were
             out["semantics"] = self.semantics
         return out
@@ -158,13 +163,26 @@ class PipelineConfig:
                 "super_resolution.window", meta.get("super_resolution", {}).get("window", DEFAULT_SR_WINDOW)
             )
             candidates = _check_candidates(meta.get("post_selection", {}).get("candidates", 1))
+            caption_candidates = _check_candidates(meta.get("post_selection", {}).get("captions", 1))
+            if caption_candidates > 1 and not {"text_to_image", "image_to_text"} <= set(jobs):
+                raise ValueError(f"post_selection.captions={caption_candidates} needs text_to_image and image_to_text")
             semantics = _check_semantics(meta.get("semantics", "cogview"))
             text_fp = meta["text_tokenizer"]["fingerprint"]
             image_fp = meta["image_tokenizer"]["fingerprint"]
         except (KeyError, TypeError, ValueError) as e:
             raise CheckpointError(f"{path} is incomplete or invalid: {e!r}") from e
         return cls(
-            vocab, text_fp, image_fp, jobs, text_budget, sampling, job_sampling, sr_window, candidates, semantics
+            vocab,
+            text_fp,
+            image_fp,
+            jobs,
+            text_budget,
+            sampling,
+            job_sampling,
+            sr_window,
+            candidates,
+            semantics,
+            caption_candidates,
         )
 
 
@@ -222,6 +240,8 @@ class CogViewPipeline:
         self.models = models
         self.candidates = _check_candidates(candidates)
         self.max_samples = DEFAULT_MAX_SAMPLES
+        # Captions re-ranked by default (pipeline.json's post_selection.captions; set by from_pretrained).
+        self.caption_candidates = 1
         if candidates > 1 and "image_to_text" not in jobs:
             raise ValueError(
                 f"post-selection (candidates={candidates}) needs an image_to_text job to score candidates; "
@@ -340,7 +360,7 @@ class CogViewPipeline:
         language: str = "zh",
         num_captions: int | None = None,
         *,
-        candidates: int = 1,
+        candidates: int | None = None,
         **kwargs: Any,
     ) -> list[str]:
         """``num_captions`` captions per image in ``language`` ("zh" or "en"), image by image (see
@@ -350,11 +370,16 @@ class CogViewPipeline:
         ``candidates`` > 1: one caption per image, the best of the greedy caption and
         ``candidates - 1`` sampled ones by caption score plus the text-to-image model's
         ``log p(image | caption)`` (:func:`~cogview.generation.reranking.best_captions`; needs the
-        text_to_image job; sampling overrides apply to the sampled candidates).
+        text_to_image job; sampling overrides apply to the sampled candidates; ``seed`` None: 0,
+        so that a caption stays an answer). None: the model's default (:attr:`caption_candidates`)
+        for one caption per image without sampling settings, else 1.
         """
         captioner = self._job("image_to_text")
         num_captions = captioner.default_num_captions if num_captions is None else num_captions
         num_captions = positive_int("num_captions", num_captions)
+        if candidates is None:
+            sampled = any(kwargs.get(k) is not None for k in CAPTION_SAMPLING_KEYS)
+            candidates = self.caption_candidates if num_captions == 1 and not sampled else 1
         candidates = _check_candidates(candidates)
         n_images = 1 if isinstance(images, Image.Image) else len(images)
         if candidates == 1:
@@ -444,6 +469,7 @@ class CogViewPipeline:
             sr_window=self.sr_window,
             candidates=self.candidates,
             semantics=self.semantics,
+            caption_candidates=self.caption_candidates,
         )
 
     def config(self) -> dict[str, Any]:
@@ -519,6 +545,7 @@ class CogViewPipeline:
             candidates=config.candidates,
             semantics=config.semantics,
         )
+        pipe.caption_candidates = config.caption_candidates
         return pipe if device is None else pipe.to(device)
 
     @classmethod

@@ -35,7 +35,7 @@ def cmd_caption(args: argparse.Namespace) -> int:
     pipe = _pipeline(args)
     n = args.num_captions
     if n is None:  # the model's default (a converted CogView folder: image2text.sh's 8)
-        n = 1 if args.candidates > 1 or pipe.captioner is None else pipe.captioner.default_num_captions
+        n = 1 if (args.candidates or 1) > 1 or pipe.captioner is None else pipe.captioner.default_num_captions
     captions = pipe.caption(
         images,
         args.language,
@@ -130,9 +130,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--candidates",
         type=int,
-        default=1,
         help="draw the greedy caption and N-1 sampled ones (top-k 8) and keep the one the captioner and "
-        "the text-to-image model agree on best (needs both jobs; one caption per image; default: 1 = greedy)",
+        "the text-to-image model agree on best (needs both jobs; one caption per image; default: the "
+        "model's post_selection.captions for one unsampled caption, else 1 = greedy)",
     )
     p.add_argument("--seed", type=int, help="random seed for sampled captions")
     p.add_argument("--temperature", type=float, help="divide logits by this (default: model's)")

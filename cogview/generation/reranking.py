@@ -69,6 +69,8 @@ def rerank(
 # (top-k 8 at temperature 1 held the right emoji name among 9 candidates for 76% / 93.5% of train
 # emoji, zh / en, against 68% / 88% greedy; docs/default_model.md).
 CAPTION_CANDIDATE_SAMPLING = {"top_k": 8, "temperature": 1.0}
+# Keyword arguments of Captioner.caption that set sampling (the rest apply to every candidate).
+CAPTION_SAMPLING_KEYS = ("sampling", "temperature", "top_k", "top_p")
 
 
 def caption_scores(
@@ -107,14 +109,26 @@ def best_captions(
     """One caption per image: of the greedy caption and ``candidates - 1`` sampled ones, the one
     with the highest ``log p(text | image) + log p(codes | text)`` (:func:`caption_scores`).
 
-    ``overrides`` (``temperature``, ``top_k``, ``top_p``) replace
-    :data:`CAPTION_CANDIDATE_SAMPLING` for the sampled candidates; ``seed`` seeds them.
+    Sampling ``overrides`` (:data:`CAPTION_SAMPLING_KEYS`) replace
+    :data:`CAPTION_CANDIDATE_SAMPLING` for the sampled candidates, the others (``max_tokens``,
+    ``dtype``, ...) apply to all; ``seed`` seeds them (None: 0,
+    so that the same image gets the same caption).
     """
+    common = {key: v for key, v in overrides.items() if key not in CAPTION_SAMPLING_KEYS}
+    given = {key: v for key, v in overrides.items() if key in CAPTION_SAMPLING_KEYS and v is not None}
     codes = captioner.codes(images)  # [n, h, w]
-    greedy = captioner.caption(images, language, 1, max_batch_size=max_batch_size)
+    greedy = captioner.caption(images, language, 1, max_batch_size=max_batch_size, **common)
     k = candidates - 1
-    sampling = CAPTION_CANDIDATE_SAMPLING | {key: v for key, v in overrides.items() if v is not None}
-    sampled = captioner.caption(images, language, k, seed=seed, max_batch_size=max_batch_size, **sampling)
+    seed = 0 if seed is None else seed
+    sampled = captioner.caption(
+        images,
+        language,
+        k,
+        seed=seed,
+        max_batch_size=max_batch_size,
+        **CAPTION_CANDIDATE_SAMPLING | given,
+        **common,
+    )
     out = []
     for i in range(codes.shape[0]):
         drawn = [greedy[i], *sampled[i * k : (i + 1) * k]]

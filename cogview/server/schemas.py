@@ -87,18 +87,18 @@ class CaptionRequest(Sampling):
     image: ImageData
     language: Literal["zh", "en"] = "zh"
     num_captions: int = Field(1, ge=1, le=MAX_CAPTIONS)
-    candidates: int = Field(
-        1,
+    candidates: int | None = Field(
+        None,
         ge=1,
         le=MAX_CAPTION_CANDIDATES,
         description="above 1: the best of the greedy caption and candidates-1 sampled ones, "
-        "re-ranked with the text-to-image model (one caption)",
+        "re-ranked with the text-to-image model (one caption); None: the model's default",
     )
     seed: Seed | None = None
 
     @model_validator(mode="after")
     def _one_caption_when_reranked(self) -> CaptionRequest:
-        if self.candidates > 1 and self.num_captions != 1:
+        if self.candidates is not None and self.candidates > 1 and self.num_captions != 1:
             raise ValueError("candidates above 1 choose one caption: leave num_captions at 1")
         return self
 

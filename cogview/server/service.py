@@ -62,6 +62,7 @@ class Service:
             "jobs": list(pipe.jobs),
             "sampling": config["sampling"],
             "candidates": pipe.candidates,
+            "caption_candidates": pipe.caption_candidates,
             "text_budget": config["text_budget"],
             "vocab": {**config["vocab"], "size": pipe.vocab.size},
             "image_size": pipe.image_tokenizer.config.image_size,
@@ -74,6 +75,7 @@ class Service:
                 "prompt_chars": schemas.MAX_PROMPT_CHARS,
                 "prompts": schemas.MAX_PROMPTS,
                 "num_captions": schemas.MAX_CAPTIONS,
+                "caption_candidates": schemas.MAX_CAPTION_CANDIDATES,
                 "upscale_side": schemas.MAX_UPSCALE_SIDE,
             },
         }
@@ -120,7 +122,7 @@ class Service:
         settings = req.sampling_overrides()
         seed = random_seed() if req.seed is None else req.seed
 
-        if req.candidates > 1:
+        if req.candidates is not None and req.candidates > 1:
             self._require("text_to_image", "re-rank caption candidates (the text-to-image model scores them)")
 
         def run() -> dict[str, Any]:

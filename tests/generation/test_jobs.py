@@ -314,6 +314,26 @@ def test_three_job_folder_round_trip(pipe: CogViewPipeline, images, tmp_path: Pa
     assert loaded.score("a red circle", images) == pytest.approx(pipe.score("a red circle", images), abs=1e-5)
 
 
+def test_a_folder_s_caption_candidates_are_its_caption_default(pipe: CogViewPipeline, images, tmp_path: Path) -> None:
+    pipe.caption_candidates = 4
+    try:
+        pipe.save_pretrained(tmp_path / "m")
+    finally:
+        pipe.caption_candidates = 1
+    meta = json.loads((tmp_path / "m" / "pipeline.json").read_text())
+    assert meta["post_selection"]["captions"] == 4
+    loaded = CogViewPipeline.from_pretrained(tmp_path / "m")
+    assert loaded.caption_candidates == 4 and loaded.pipeline_config().caption_candidates == 4
+    chosen = loaded.caption(images, "en", max_tokens=5)
+    assert chosen == pipe.caption(images, "en", candidates=4, max_tokens=5, seed=0)
+    assert loaded.caption(images, "en", candidates=1, max_tokens=5) == pipe.caption(images, "en", max_tokens=5)
+    assert len(loaded.caption(images, "en", 2, top_k=5, seed=1, max_tokens=5)) == 6  # sampled: no re-ranking
+    meta["jobs"] = {"image_to_text": "caption"}
+    (tmp_path / "m" / "pipeline.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="captions=4 needs text_to_image"):
+        CogViewPipeline.from_pretrained(tmp_path / "m")
+
+
 def test_one_model_serving_several_jobs_is_saved_once(pipe: CogViewPipeline, tmp_path: Path) -> None:
     shared = CogViewPipeline(
         pipe.models["image_to_text"], pipe.text_tokenizer, pipe.image_tokenizer, pipe.vocab,

@@ -44,6 +44,21 @@ def test_caption_cli(model_dir: Path, image_files: list[str], capsys: pytest.Cap
     assert "cannot read image missing.png" in capsys.readouterr().err
 
 
+def test_caption_cli_candidates_is_the_library_s_choice(
+    model_dir: Path, image_files: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert (
+        main(["caption", *image_files, "-l", "en", "--candidates", "3", "--model", str(model_dir), "--json"])
+        == 0
+    )
+    records = json.loads(capsys.readouterr().out)
+    pipe = CogViewPipeline.from_pretrained(model_dir)
+    images = [Image.open(f) for f in image_files]
+    assert [r["captions"] for r in records] == [[c] for c in pipe.caption(images, "en", candidates=3)]
+    assert main(["caption", image_files[0], "-n", "2", "--candidates", "3", "--model", str(model_dir)]) == 2
+    assert "one caption per image" in capsys.readouterr().err
+
+
 def test_score_cli_ranks_best_first(
     model_dir: Path, image_files: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
