@@ -395,8 +395,13 @@ class CogViewPipeline:
                 "caption candidates are re-ranked by our text-to-image job; not with semantics='original'"
             )
         t2i = self._job("text_to_image")
-        self._check_samples(n_images * candidates, f"{n_images} image(s) x {candidates} caption candidates")
-        return best_captions(captioner, t2i, images, language, candidates, **kwargs)
+        batch = [images] if isinstance(images, Image.Image) else images  # a list or a pixel tensor
+        per_call = max(1, self.max_samples // candidates)  # a default must not refuse a call greedy takes
+        return [
+            c
+            for start in range(0, n_images, per_call)
+            for c in best_captions(captioner, t2i, batch[start : start + per_call], language, candidates, **kwargs)
+        ]
 
     def _check_samples(self, total: int, what: str) -> None:
         if total > self.max_samples:

@@ -48,6 +48,12 @@ def main() -> None:
     p.add_argument("--image-tokenizer", default=str(WIP / "image_tokenizer_8x8_decoder"), help="tokenizer to ship")
     p.add_argument("--text-tokenizer", default=str(WIP / "text_tokenizer"))
     p.add_argument("--candidates", type=int, default=None, help="post-selection default (default: 2 with captioning)")
+    p.add_argument(
+        "--caption-candidates",
+        type=int,
+        default=1,
+        help="captions re-ranked by default (pipeline.json post_selection.captions; 1 = greedy)",
+    )
     p.add_argument("--dtype", choices=["float16", "bfloat16", "float32"], default="float16", help="weights on disk")
     p.add_argument("--out", required=True, help="the folder to write (new or empty)")
     args = p.parse_args()
@@ -86,6 +92,7 @@ def main() -> None:
     stored.models = {
         job: converted.setdefault(id(m), copy.deepcopy(m).to(dtype)) for job, m in pipe.models.items()
     }
+    stored.caption_candidates = args.caption_candidates
     stored.save_pretrained(out)
     (out / "README.md").write_text(ATTRIBUTION)
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())

@@ -172,5 +172,5 @@ if run assemble; then
   # candidates cost about what two did with the first model's 256.
   "$PY" scripts/assemble_emoji_model.py --transformer "${T2I:-$OUT/emoji/t2i-balance/model}" \
     --caption "${CAPTION:-$OUT/emoji/caption-more/model}" --super-resolution "${SR:-$OUT/emoji/sr/model}" \
-    --candidates 4 --out "${DEST:-$OUT/emoji/assembled}"
+    --candidates 4 --caption-candidates 9 --out "${DEST:-$OUT/emoji/assembled}"
 fi

@@ -328,6 +328,11 @@ def test_a_folder_s_caption_candidates_are_its_caption_default(pipe: CogViewPipe
     assert chosen == pipe.caption(images, "en", candidates=4, max_tokens=5, seed=0)
     assert loaded.caption(images, "en", candidates=1, max_tokens=5) == pipe.caption(images, "en", max_tokens=5)
     assert len(loaded.caption(images, "en", 2, top_k=5, seed=1, max_tokens=5)) == 6  # sampled: no re-ranking
+    loaded.max_samples = 8  # two images per re-ranking call: a default never refuses a call
+    assert loaded.caption(images, "en", max_tokens=5) == [
+        *pipe.caption(images[:2], "en", candidates=4, max_tokens=5),
+        *pipe.caption(images[2:], "en", candidates=4, max_tokens=5),
+    ]
     meta["jobs"] = {"image_to_text": "caption"}
     (tmp_path / "m" / "pipeline.json").write_text(json.dumps(meta))
     with pytest.raises(CheckpointError, match="captions=4 needs text_to_image"):
