@@ -395,6 +395,8 @@ class CogViewPipeline:
                 "caption candidates are re-ranked by our text-to-image job; not with semantics='original'"
             )
         t2i = self._job("text_to_image")
+        if n_images == 0:
+            raise ValueError("no images given")
         batch = [images] if isinstance(images, Image.Image) else images  # a list or a pixel tensor
         per_call = max(1, self.max_samples // candidates)  # a default must not refuse a call greedy takes
         return [

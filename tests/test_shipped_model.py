@@ -16,9 +16,10 @@ from cogview.pipeline import CogViewPipeline
 
 # Train emoji the tests ask for, by canonical name (fixed, so a test reads the same images each run).
 EMOJI = ("🍕", "🚀", "🦒", "🐱")
-# Measured on these 8 prompts / 8 captions with the shipped folder (torch 2.13, one thread): 8 and 6.
-# One below, for bit differences across machines; the model's rates are in docs/default_model.md.
-EMOJI_DRAWN, EMOJI_NAMED = 7, 5
+# Measured on these 8 prompts / 8 captions with the shipped folder (torch 2.13, one thread): 8 and 7
+# (captions re-ranked from 9 candidates, the folder's default). One below, for bit differences
+# across machines; the model's rates are in docs/default_model.md.
+EMOJI_DRAWN, EMOJI_NAMED = 7, 6
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +53,7 @@ def test_shipped_captions_name_emoji(pipe: CogViewPipeline) -> None:
     for e in EMOJI:
         for lang in ("zh", "en"):
             right += emoji.parse_caption(pipe.caption(emoji.render_emoji(e), language=lang)[0], lang) == e
-    assert right >= EMOJI_NAMED, f"{right} of {2 * len(EMOJI)} captions name the emoji (measured: 6)"
+    assert right >= EMOJI_NAMED, f"{right} of {2 * len(EMOJI)} captions name the emoji (measured: 7)"
 
 
 def test_shipped_captions_name_the_scene(pipe: CogViewPipeline) -> None:
@@ -63,9 +64,9 @@ def test_shipped_captions_name_the_scene(pipe: CogViewPipeline) -> None:
         for lang in ("zh", "en"):
             parsed = shapes.parse_caption(pipe.caption(scene.image, language=lang)[0], lang)
             right += parsed is not None and all(parsed[k] == scene.attributes[k] for k in parsed)
-    # English 6 of 8, Chinese 4 of 8 (stage 6f): the 4,096-piece tokenizer's slot-spanning zh pieces
-    # (docs/emoji_model.md, "Why Chinese shapes captions fail").
-    assert right >= 9, f"{right} of 16 captions name the scene (measured: 10)"
+    # English 7 of 8, Chinese 5 of 8 (stage 6h re-ranked from 9 candidates; stage 6f greedy: 6 and 4): the
+    # 4,096-piece tokenizer's slot-spanning zh pieces (docs/emoji_model.md, "Why Chinese shapes captions fail").
+    assert right >= 11, f"{right} of 16 captions name the scene (measured: 12)"
 
 
 def test_text_to_image_scores_the_right_name_higher(pipe: CogViewPipeline) -> None:
@@ -83,7 +84,7 @@ def test_caption_candidates_keep_the_best_scoring_one(pipe: CogViewPipeline) -> 
     torch.set_num_threads(1)
     images = [emoji.render_emoji(e) for e in EMOJI]
     chosen = pipe.caption(images, "en", candidates=5, seed=7)
-    greedy = pipe.caption(images, "en")
+    greedy = pipe.caption(images, "en", candidates=1)
     sampled = pipe.caption(images, "en", 4, seed=7, **CAPTION_CANDIDATE_SAMPLING)
     codes = pipe.captioner.codes(images)
     assert len(chosen) == len(images)
@@ -99,6 +100,8 @@ def test_caption_candidates_refuse_what_they_cannot_do(pipe: CogViewPipeline) ->
         pipe.caption(image, "en", 2, candidates=4)
     with pytest.raises(ValueError, match="candidates must"):
         pipe.caption(image, "en", candidates=0)
+    with pytest.raises(ValueError, match="no images"):
+        pipe.caption([], "en")  # the folder's default re-ranks: the same refusal as greedy
     caption_only = CogViewPipeline(
         None,
         pipe.text_tokenizer,
