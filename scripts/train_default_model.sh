@@ -169,8 +169,8 @@ if run dec; then
 fi
 if run assemble; then
   # The shipped folder: stages 6g, 6h and 7b. Best of 4 by default: 64 codes per image make four
-  # candidates cost about what two did with the first model's 256; captions re-ranked from 9.
+  # candidates cost about what two did with the first model's 256.
   "$PY" scripts/assemble_emoji_model.py --transformer "${T2I:-$OUT/emoji/t2i-more2/model}" \
     --caption "${CAPTION:-$OUT/emoji/caption-more3/model}" --super-resolution "${SR:-$OUT/emoji/sr-more/model}" \
-    --candidates 4 --caption-candidates 9 --out "${DEST:-$OUT/emoji/assembled}"
+    --candidates 4 --out "${DEST:-$OUT/emoji/assembled}"
 fi
