@@ -25,6 +25,8 @@
 #   STAGE=6e text-to-image 10,000 steps more from 6b at half its peak, emoji x3 (configs/emoji-t2i-more.json)
 #   STAGE=6i text-to-image 6,000 steps more from 6g, shapes x3, digits x4 (configs/emoji-t2i-more3.json;
 #            measured, not shipped: emoji fell 6 / 2 points for shapes and digits)
+#   STAGE=6j the captioner 8,000 steps more from 6h at 6f's peak, shapes x2 (configs/emoji-caption-more4.json)
+#   STAGE=6gi the shipped transformer: the mean of 6g's and 6i's weights (cogview average, seconds)
 #   STAGE=6g text-to-image 7,000 steps more from 6e at half 6e's peak, shapes x2 (configs/emoji-t2i-more2.json)
 #   STAGE=7  the super-resolution transformer with cell inputs, DDP (configs/emoji-sr.json)
 #   STAGE=7b super-resolution 4,000 steps more from 7, shapes x3 (configs/emoji-sr-more.json)
@@ -98,71 +100,61 @@ if run 5; then
     --max-examples 4000
 fi
 ddp() { "$PY" -m torch.distributed.run --standalone --nproc_per_node 2 -m cogview train "$@"; }
+# stage NAME CONFIG RUN INIT: when STAGE is NAME (or all), train CONFIG into $OUT/emoji/RUN from the
+# weights INIT (an earlier stage's model folder; the environment's INIT overrides it).
+stage() {
+  if run "$1"; then
+    ddp --config "$2" --out "$OUT/emoji/$3" --resume --set init_from="${INIT:-$4}"
+  fi
+}
 if run 6; then
   ddp --config configs/emoji-multitask.json --out "$OUT/emoji/multitask" --resume \
     --set init_from="$OUT/emoji/t2i/model"
 fi
-if run 6b; then
-  # Text-to-image again, emoji twice and every shapes scene: stage 6 lifted shapes (16-30% -> 48-58%)
-  # but emoji fell (56-68% -> 30%) with a quarter of the rows and the learning-rate restart.
-  ddp --config configs/emoji-t2i-balance.json --out "$OUT/emoji/t2i-balance" --resume \
-    --set init_from="${INIT:-$OUT/emoji/multitask/model}"
-fi
-if run 6c; then
-  # The captioner, trained on from stage 6: in the multi-task mixture caption tokens were ~4% of
-  # the loss and emoji names were right 1-2% of the time at step 4,000 of 9,000 (docs/emoji_model.md).
-  # On a machine without runs/emoji/multitask: INIT=DIR with stage 6's weights (git history, c44eb3b).
-  ddp --config configs/emoji-caption.json --out "$OUT/emoji/caption" --resume \
-    --set init_from="${INIT:-$OUT/emoji/multitask/model}"
-fi
-if run 6d; then
-  # The captioner, 4,000 steps more from 6c at a lower peak (its caption loss was still falling).
-  # On a machine without runs/emoji/caption: INIT=models/emoji-wip/caption.
-  ddp --config configs/emoji-caption-more.json --out "$OUT/emoji/caption-more" --resume \
-    --set init_from="${INIT:-$OUT/emoji/caption/model}"
-fi
-if run 6f; then
-  # The captioner on from 6d (train emoji named 60% / 77%, floor 80%), at half 6d's peak.
-  # On a machine without runs/emoji/caption-more: INIT=cogview/assets/default/caption.
-  ddp --config configs/emoji-caption-more2.json --out "$OUT/emoji/caption-more2" --resume \
-    --set init_from="${INIT:-$OUT/emoji/caption-more/model}"
-fi
-if run 6h; then
-  # The captioner on from 6f (train emoji named 72% / 84%, floor 80%; its loss still falling).
-  # On a machine without runs/emoji/caption-more2: INIT=cogview/assets/default/caption.
-  ddp --config configs/emoji-caption-more3.json --out "$OUT/emoji/caption-more3" --resume \
-    --set init_from="${INIT:-$OUT/emoji/caption-more2/model}"
-fi
-if run 6e; then
-  # Text-to-image on from 6b, whose loss was still falling (0.42 -> 0.37), at half its peak with emoji
-  # three times: 6b left train emoji at 63.5% / 71.5% and shapes at 74.5% / 78% (floors 80 and 90).
-  # On a machine without runs/emoji/t2i-balance: INIT=models/emoji-wip/t2i-balance.
-  ddp --config configs/emoji-t2i-more.json --out "$OUT/emoji/t2i-more" --resume \
-    --set init_from="${INIT:-$OUT/emoji/t2i-balance/model}"
-fi
-if run 6g; then
-  # Text-to-image on from 6e (train emoji 88% / 92%, shapes 80.5% / 82.5% with the shape field at 83%,
-  # floor 90), at half 6e's peak with every shapes scene twice.
-  # On a machine without runs/emoji/t2i-more: INIT=cogview/assets/default/transformer.
-  ddp --config configs/emoji-t2i-more2.json --out "$OUT/emoji/t2i-more2" --resume \
-    --set init_from="${INIT:-$OUT/emoji/t2i-more/model}"
-fi
-if run 6i; then
-  # Text-to-image on from 6g (shapes 84% / 87.5%, floor 90; digits fell to 94.5% / 97% with digit
-  # rows 2% of 6g's mixture): shapes three times, digits four times, same peak as 6g.
-  # On a machine without runs/emoji/t2i-more2: INIT=cogview/assets/default/transformer.
-  ddp --config configs/emoji-t2i-more3.json --out "$OUT/emoji/t2i-more3" --resume \
-    --set init_from="${INIT:-$OUT/emoji/t2i-more2/model}"
+# Text-to-image again, emoji twice and every shapes scene: stage 6 lifted shapes (16-30% -> 48-58%)
+# but emoji fell (56-68% -> 30%) with a quarter of the rows and the learning-rate restart.
+stage 6b configs/emoji-t2i-balance.json t2i-balance "$OUT/emoji/multitask/model"
+# The captioner, trained on from stage 6: in the multi-task mixture caption tokens were ~4% of
+# the loss and emoji names were right 1-2% of the time at step 4,000 of 9,000 (docs/emoji_model.md).
+# On a machine without runs/emoji/multitask: INIT=DIR with stage 6's weights (git history, c44eb3b).
+stage 6c configs/emoji-caption.json caption "$OUT/emoji/multitask/model"
+# The captioner, 4,000 steps more from 6c at a lower peak (its caption loss was still falling).
+# On a machine without runs/emoji/caption: INIT=models/emoji-wip/caption.
+stage 6d configs/emoji-caption-more.json caption-more "$OUT/emoji/caption/model"
+# The captioner on from 6d (train emoji named 60% / 77%, floor 80%), at half 6d's peak.
+# On a machine without runs/emoji/caption-more: INIT=cogview/assets/default/caption.
+stage 6f configs/emoji-caption-more2.json caption-more2 "$OUT/emoji/caption-more/model"
+# The captioner on from 6f (train emoji named 72% / 84%, floor 80%; its loss still falling).
+# On a machine without runs/emoji/caption-more2: INIT=cogview/assets/default/caption.
+stage 6h configs/emoji-caption-more3.json caption-more3 "$OUT/emoji/caption-more2/model"
+# The captioner on from 6h (train emoji named 75% / 89%, zh 68% on 200; zh shapes captions fell
+# 40% -> 29%): twice as long at 6f's peak, shapes captions twice.
+# On a machine without runs/emoji/caption-more3: INIT=cogview/assets/default/caption.
+stage 6j configs/emoji-caption-more4.json caption-more4 "$OUT/emoji/caption-more3/model"
+# Text-to-image on from 6b, whose loss was still falling (0.42 -> 0.37), at half its peak with emoji
+# three times: 6b left train emoji at 63.5% / 71.5% and shapes at 74.5% / 78% (floors 80 and 90).
+# On a machine without runs/emoji/t2i-balance: INIT=models/emoji-wip/t2i-balance.
+stage 6e configs/emoji-t2i-more.json t2i-more "$OUT/emoji/t2i-balance/model"
+# Text-to-image on from 6e (train emoji 88% / 92%, shapes 80.5% / 82.5% with the shape field at 83%,
+# floor 90), at half 6e's peak with every shapes scene twice.
+# On a machine without runs/emoji/t2i-more: INIT=cogview/assets/default/transformer.
+stage 6g configs/emoji-t2i-more2.json t2i-more2 "$OUT/emoji/t2i-more/model"
+# Text-to-image on from 6g (shapes 84% / 87.5%, floor 90; digits fell to 94.5% / 97% with digit
+# rows 2% of 6g's mixture): shapes three times, digits four times, same peak as 6g.
+# On a machine without runs/emoji/t2i-more2: INIT=cogview/assets/default/transformer.
+stage 6i configs/emoji-t2i-more3.json t2i-more3 "$OUT/emoji/t2i-more2/model"
+if run 6gi; then
+  # The shipped transformer: the mean of 6g's and 6i's weights (a model soup; seconds). 6g leant to
+  # emoji, 6i to shapes and digits; the mean kept both (docs/emoji_model.md, item 16).
+  "$PY" -m cogview average "$OUT/emoji/t2i-more2/model" "$OUT/emoji/t2i-more3/model" \
+    --out "$OUT/emoji/t2i-soup/model"
 fi
 if run 7; then
   ddp --config configs/emoji-sr.json --out "$OUT/emoji/sr" --resume
 fi
-if run 7b; then
-  # Super-resolution, 4,000 steps more from stage 7 at a lower peak, shapes three times: after
-  # stage 7 it beat bicubic by 0.6 dB on emoji and lost 5 dB on shapes, its loss still falling.
-  ddp --config configs/emoji-sr-more.json --out "$OUT/emoji/sr-more" --resume \
-    --set init_from="${INIT:-$OUT/emoji/sr/model}"
-fi
+# Super-resolution, 4,000 steps more from stage 7 at a lower peak, shapes three times: after
+# stage 7 it beat bicubic by 0.6 dB on emoji and lost 5 dB on shapes, its loss still falling.
+stage 7b configs/emoji-sr-more.json sr-more "$OUT/emoji/sr/model"
 if run dec; then
   "$PY" -m cogview train-tokenizer --config configs/tokenizer-emoji-8x8-decoder.json \
     --out "$OUT/tokenizer-emoji-8x8-decoder" --resume

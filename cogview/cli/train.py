@@ -1,4 +1,5 @@
-"""``cogview train`` (transformer training, one process or under torchrun) and ``cogview consolidate``."""
+"""``cogview train`` (transformer training, one process or under torchrun), ``cogview consolidate``
+and ``cogview average``."""
 
 from __future__ import annotations
 
@@ -40,6 +41,13 @@ def cmd_consolidate(args: argparse.Namespace) -> int:
     from cogview.training.sharded_checkpoint import consolidate
 
     print(consolidate(args.checkpoint, args.out))
+    return 0
+
+
+def cmd_average(args: argparse.Namespace) -> int:
+    from cogview.training.averaging import average_models
+
+    print(average_models(args.models, args.out, args.weights))
     return 0
 
 
@@ -89,3 +97,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("checkpoint", help="a checkpoint folder, OUT/checkpoints/step_N")
     c.add_argument("--out", required=True, help="the model folder to write")
     c.set_defaults(func=cmd_consolidate)
+
+    a = sub.add_parser(
+        "average",
+        help="average the weights of model folders of one architecture (a model soup)",
+        description="Write the weighted mean of two or more model folders (config.json + model.safetensors "
+        "[+ cogview.json]) into OUT. Fine-tunes of one ancestor trained towards different data often keep "
+        "what each learned when averaged; the shipped emoji transformer is the mean of two stages "
+        "(docs/emoji_model.md). The configs, vocabularies and tokenizers must match exactly.",
+        epilog="example: cogview average runs/emoji/t2i-more2/model runs/emoji/t2i-more3/model "
+        "--weights 0.5 0.5 --out runs/emoji/t2i-soup/model",
+    )
+    a.add_argument("models", nargs="+", help="two or more model folders")
+    a.add_argument("--out", required=True, help="the model folder to write (not one of the inputs)")
+    a.add_argument(
+        "--weights", nargs="+", type=float, help="one weight per folder, normalised to sum 1 (default: equal)"
+    )
+    a.set_defaults(func=cmd_average)
