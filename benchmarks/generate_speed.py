@@ -395,13 +395,16 @@ def main() -> None:
     per_image: dict[str, Any] = {}
     shipped = t2i.settings_for(PROMPT)
     for batch in batches:
-        # The model's defaults (post-selection included), one sample per image, and one unguided.
-        for label, scale, candidates in (
-            ("default_settings", None, None),
-            ("one_sample", None, 1),
-            ("unguided_one_sample", 1.0, 1),
+        # The model's defaults (post-selection included), its candidates scored by the caption model
+        # alone (CogView's post-selection; the shipped default adds the generator's own likelihood),
+        # one sample per image, and one unguided.
+        for label, scale, candidates, selection in (
+            ("default_settings", None, None, None),
+            ("caption_selection", None, None, "caption"),
+            ("one_sample", None, 1, None),
+            ("unguided_one_sample", 1.0, 1, None),
         ):
-            kw = dict(guidance_scale=scale, candidates=candidates)
+            kw = dict(guidance_scale=scale, candidates=candidates, selection=selection)
             pipe.generate(PROMPT, num_images=1, seed=0, **kw)  # warm-up
             t0 = time.perf_counter()
             pipe.generate(PROMPT, num_images=batch, seed=0, max_batch_size=batch, **kw)
@@ -421,7 +424,7 @@ def main() -> None:
         "prompt_tokens": len(prompt),
         "image_tokens": steps,
         "top_k": TOP_K,
-        "default_settings": {**shipped.to_dict(), "candidates": pipe.candidates},
+        "default_settings": {**shipped.to_dict(), "candidates": pipe.candidates, "selection": pipe.selection},
         "seconds_per_image": per_image,
         "decode": decode,
         "memory_floor_batch_1": floor,

@@ -35,7 +35,7 @@ from cogview.generation.original import (
     OriginalSuperResolution,
     OriginalTextToImage,
 )
-from cogview.generation.reranking import CAPTION_SAMPLING_KEYS, best_captions, rerank
+from cogview.generation.reranking import CAPTION_SAMPLING_KEYS, best_captions, check_selection, rerank
 from cogview.generation.sampling import SamplingConfig
 from cogview.generation.super_resolution import SuperResolution
 from cogview.generation.text_to_image import (
@@ -94,6 +94,8 @@ class PipelineConfig:
         candidates: post-selection default (written when both text-to-image and captioning are served).
         caption_candidates: caption candidates re-ranked by default (``post_selection.captions``;
             written when above 1; needs both jobs too).
+        selection: how post-selection scores candidates (``post_selection.score``, among
+            :data:`~cogview.generation.reranking.SELECTION_SCORES`; written when not ``"caption"``).
         semantics: ``"cogview"`` (our jobs) or ``"original"`` (the released code's jobs, for weights
             converted by ``cogview convert-original``; :mod:`cogview.generation.original`).
     """
@@ -109,6 +111,7 @@ class PipelineConfig:
     candidates: int = 1
     semantics: str = "cogview"
     caption_candidates: int = 1
+    selection: str = "caption"
 
     def to_dict(self) -> dict[str, Any]:
         """The contents of ``pipeline.json``; settings of jobs not served are left out."""
@@ -130,6 +133,8 @@ class PipelineConfig:
             out["post_selection"] = {"candidates": self.candidates}
             if self.caption_candidates > 1:
                 out["post_selection"]["captions"] = self.caption_candidates
+            if self.selection != "caption":
+                out["post_selection"]["score"] = self.selection
         if self.semantics != "cogview":  # written only when set: our folders stay as they were
             out["semantics"] = self.semantics
         return out
@@ -166,6 +171,7 @@ class PipelineConfig:
             caption_candidates = _check_candidates(meta.get("post_selection", {}).get("captions", 1))
             if caption_candidates > 1 and not {"text_to_image", "image_to_text"} <= set(jobs):
                 raise ValueError(f"post_selection.captions={caption_candidates} needs text_to_image and image_to_text")
+            selection = check_selection(meta.get("post_selection", {}).get("score", "caption"))
             semantics = _check_semantics(meta.get("semantics", "cogview"))
             text_fp = meta["text_tokenizer"]["fingerprint"]
             image_fp = meta["image_tokenizer"]["fingerprint"]
@@ -183,6 +189,7 @@ class PipelineConfig:
             candidates,
             semantics,
             caption_candidates,
+            selection,
         )
 
 
@@ -242,6 +249,8 @@ class CogViewPipeline:
         self.max_samples = DEFAULT_MAX_SAMPLES
         # Captions re-ranked by default (pipeline.json's post_selection.captions; set by from_pretrained).
         self.caption_candidates = 1
+        # How post-selection scores candidates (post_selection.score; set by from_pretrained).
+        self.selection = "caption"
         if candidates > 1 and "image_to_text" not in jobs:
             raise ValueError(
                 f"post-selection (candidates={candidates}) needs an image_to_text job to score candidates; "
@@ -297,6 +306,7 @@ class CogViewPipeline:
         seed: int | None = None,
         sampling: SamplingConfig | None = None,
         candidates: int | None = None,
+        selection: str | None = None,
         max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
         dtype: torch.dtype | str | None = None,
         generator: torch.Generator | None = None,
@@ -312,7 +322,10 @@ class CogViewPipeline:
         ``generator`` if given, else at random (use :meth:`TextToImage.run` to get it back).
         ``candidates=N`` draws N images per requested one and keeps the one whose caption
         likelihood of the prompt is highest (CogView's post-selection; needs ``image_to_text``);
-        None takes the model's default (:attr:`candidates`), 1 switches it off.
+        None takes the model's default (:attr:`candidates`), 1 switches it off. ``selection``
+        ``"joint"`` adds the text-to-image model's own ``log p(image | prompt)`` to that score
+        (:data:`~cogview.generation.reranking.SELECTION_SCORES`); None: the model's default
+        (:attr:`selection`).
         """
         results = self.generate_results(
             prompt,
@@ -320,6 +333,7 @@ class CogViewPipeline:
             seed=seed,
             sampling=sampling,
             candidates=candidates,
+            selection=selection,
             max_batch_size=max_batch_size,
             dtype=dtype,
             generator=generator,
@@ -334,11 +348,13 @@ class CogViewPipeline:
         num_images: int = 1,
         *,
         candidates: int | None = None,
+        selection: str | None = None,
         **kwargs: Any,
     ) -> list[PromptResult]:
         """Like :meth:`generate`, with per-prompt records (seeds, settings, reranking scores)."""
         t2i = self._job("text_to_image")
         candidates = self.candidates if candidates is None else _check_candidates(candidates)
+        selection = self.selection if selection is None else check_selection(selection)
         n_prompts = len(prompt_strings(prompt))
         num_images = positive_int("num_images", num_images)
         self._check_samples(
@@ -349,8 +365,9 @@ class CogViewPipeline:
             return t2i.run(prompt, num_images, **kwargs)
         captioner = self._job("image_to_text")
         results = t2i.run(prompt, num_images * candidates, **kwargs)
+        scorer = t2i if selection == "joint" else None
         return [
-            rerank(r, captioner, candidates, kwargs.get("max_batch_size", DEFAULT_MAX_BATCH_SIZE))
+            rerank(r, captioner, candidates, kwargs.get("max_batch_size", DEFAULT_MAX_BATCH_SIZE), t2i=scorer)
             for r in results
         ]
 
@@ -477,6 +494,7 @@ class CogViewPipeline:
             candidates=self.candidates,
             semantics=self.semantics,
             caption_candidates=self.caption_candidates,
+            selection=self.selection,
         )
 
     def config(self) -> dict[str, Any]:
@@ -553,6 +571,7 @@ class CogViewPipeline:
             semantics=config.semantics,
         )
         pipe.caption_candidates = config.caption_candidates
+        pipe.selection = config.selection
         return pipe if device is None else pipe.to(device)
 
     @classmethod

@@ -54,6 +54,12 @@ def main() -> None:
         default=1,
         help="captions re-ranked by default (pipeline.json post_selection.captions; 1 = greedy)",
     )
+    p.add_argument(
+        "--selection",
+        choices=["caption", "joint"],
+        default="caption",
+        help="how post-selection scores candidates (pipeline.json post_selection.score)",
+    )
     p.add_argument("--dtype", choices=["float16", "bfloat16", "float32"], default="float16", help="weights on disk")
     p.add_argument("--out", required=True, help="the folder to write (new or empty)")
     args = p.parse_args()
@@ -93,6 +99,7 @@ def main() -> None:
         job: converted.setdefault(id(m), copy.deepcopy(m).to(dtype)) for job, m in pipe.models.items()
     }
     stored.caption_candidates = args.caption_candidates
+    stored.selection = args.selection
     stored.save_pretrained(out)
     (out / "README.md").write_text(ATTRIBUTION)
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())

@@ -164,5 +164,5 @@ if run assemble; then
   # candidates cost about what two did with the first model's 256.
   "$PY" scripts/assemble_emoji_model.py --transformer "${T2I:-$OUT/emoji/t2i-more2/model}" \
     --caption "${CAPTION:-$OUT/emoji/caption-more3/model}" --super-resolution "${SR:-$OUT/emoji/sr-more/model}" \
-    --candidates 4 --out "${DEST:-$OUT/emoji/assembled}"
+    --candidates 4 --selection joint --out "${DEST:-$OUT/emoji/assembled}"
 fi

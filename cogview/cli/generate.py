@@ -58,6 +58,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         prompts,
         args.num_images,
         candidates=args.candidates,
+        selection=args.selection,
         seed=seed,
         max_batch_size=args.max_batch_size,
         dtype=args.dtype,
@@ -87,6 +88,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         "seed": seed,
         "num_images": args.num_images,
         "candidates": pipe.candidates if args.candidates is None else args.candidates,
+        "selection": pipe.selection if args.selection is None else args.selection,
         "upscale": args.upscale,
         "max_batch_size": args.max_batch_size,
         "dtype": str(pipe.text_to_image.resolved_dtype(args.dtype)).removeprefix("torch."),
@@ -148,6 +150,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="draw N candidates per image and keep the one whose caption likelihood of the prompt is "
         "highest (CogView's post-selection; needs a captioning model; costs N samples per image); 1 = off "
         "(default: the model's, post_selection in pipeline.json; the shipped model: 4)",
+    )
+    p.add_argument(
+        "--selection",
+        choices=("caption", "joint"),
+        help="how --candidates are scored: caption = the caption model's log p(prompt | image) (CogView's); "
+        "joint = that plus the text-to-image model's own log p(image | prompt) (default: the model's, "
+        "post_selection.score in pipeline.json; the shipped model: joint)",
     )
     p.add_argument(
         "--upscale",

@@ -171,9 +171,10 @@ def finish_all(
         assert captioner is not None
         try:
             scored = [results[i] for i in members]
-            scores = candidate_scores(scored, captioner, DEFAULT_MAX_BATCH_SIZE)  # type: ignore[arg-type]
+            scorer = pipeline.text_to_image if pipeline.selection == "joint" else None
+            scores = candidate_scores(scored, captioner, DEFAULT_MAX_BATCH_SIZE, scorer)  # type: ignore[arg-type]
             for i, s in zip(members, scores, strict=True):
-                results[i] = rerank(results[i], captioner, candidates, DEFAULT_MAX_BATCH_SIZE, s)  # type: ignore[arg-type]
+                results[i] = rerank(results[i], captioner, candidates, DEFAULT_MAX_BATCH_SIZE, s, scorer)  # type: ignore[arg-type]
         except Exception as e:
             for i in members:
                 results[i] = e

@@ -63,6 +63,7 @@ class Service:
             "sampling": config["sampling"],
             "candidates": pipe.candidates,
             "caption_candidates": pipe.caption_candidates,
+            "selection": pipe.selection,
             "text_budget": config["text_budget"],
             "vocab": {**config["vocab"], "size": pipe.vocab.size},
             "image_size": pipe.image_tokenizer.config.image_size,

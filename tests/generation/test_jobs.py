@@ -170,6 +170,48 @@ def test_reranking_keeps_the_best_scored_candidate(pipe: CogViewPipeline) -> Non
     assert len(ranked.images) == 2 and ranked.to_dict()["rerank"]["candidates"] == 3
 
 
+def test_joint_selection_adds_the_generators_own_likelihood(pipe: CogViewPipeline, tmp_path: Path) -> None:
+    kw = dict(seed=3, top_k=20, guidance_scale=1.0)
+    pool = pipe.generate_results("a red circle", 6, **kw)[0]
+    ranked = pipe.generate_results("a red circle", 2, candidates=3, selection="joint", **kw)[0]
+    caps = pipe.captioner.log_likelihoods(pool.codes, ["a red circle"] * 6)[0]
+    # log p(codes | prompt) recomputed here from the transformer's logits, code by code
+    t2i, v = pipe.text_to_image, pipe.vocab
+    prompt = t2i.prompt_tokens("a red circle")[0]
+    own = []
+    for codes in pool.codes.reshape(6, -1):
+        seq = torch.cat([prompt, codes + v.image_range.start])
+        with torch.no_grad():
+            logits = t2i.transformer(seq[None, :-1], torch.arange(len(seq) - 1))[0].float()
+        logp = logits[len(prompt) - 1 :, v.image_range.start : v.image_range.stop].log_softmax(-1)
+        own.append(float(logp.gather(1, codes[:, None]).sum()))
+    joint = (caps + torch.tensor(own)).view(2, 3)
+    assert ranked.rerank["score"] == "joint"
+    torch.testing.assert_close(torch.tensor(ranked.rerank["scores"]), joint, atol=1e-3, rtol=0)
+    assert ranked.rerank["kept"] == joint.argmax(1).tolist()
+    for i, kept in enumerate(ranked.rerank["kept"]):
+        assert torch.equal(ranked.codes[i], pool.codes[i * 3 + kept])
+    caption = pipe.generate_results("a red circle", 2, candidates=3, **kw)[0]
+    assert caption.rerank["score"] == "caption" and caption.rerank["scores"] != ranked.rerank["scores"]
+    # a folder's default score
+    pipe.selection = "joint"
+    try:
+        pipe.save_pretrained(tmp_path / "m")
+    finally:
+        pipe.selection = "caption"
+    meta = json.loads((tmp_path / "m" / "pipeline.json").read_text())
+    assert meta["post_selection"]["score"] == "joint"
+    loaded = CogViewPipeline.from_pretrained(tmp_path / "m")
+    assert loaded.selection == "joint"
+    assert loaded.generate_results("a red circle", 2, candidates=3, **kw)[0].rerank == ranked.rerank
+    with pytest.raises(ValueError, match="must be one of"):
+        pipe.generate("a red circle", candidates=2, selection="clip")
+    meta["post_selection"]["score"] = "clip"
+    (tmp_path / "m" / "pipeline.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="post-selection score must be one of"):
+        CogViewPipeline.from_pretrained(tmp_path / "m")
+
+
 def test_the_models_post_selection_default_is_saved_and_used(pipe: CogViewPipeline, tmp_path: Path) -> None:
     kw = dict(seed=3, top_k=20, guidance_scale=1.0)
     two = CogViewPipeline(

@@ -83,11 +83,20 @@ def test_generate_rerank_and_upscale_in_one_call(model_dir: Path, tmp_path: Path
     args = ["generate", "a red circle", "-n", "2", "--candidates", "3", "--upscale", "--seed", "1"]
     assert main([*args, "--model", str(model_dir), "--out", str(tmp_path), "--no-progress"]) == 0
     report = json.loads((tmp_path / "generate.json").read_text(encoding="utf-8"))
-    assert report["candidates"] == 3 and report["upscale"] is True
+    assert report["candidates"] == 3 and report["upscale"] is True and report["selection"] == "caption"
     record = report["prompts"][0]
     assert len(record["rerank"]["scores"]) == 2 and len(record["rerank"]["scores"][0]) == 3
     with Image.open(tmp_path / record["files"][0]) as im:
         assert im.size == (64, 64)
+    joint = tmp_path / "joint"
+    assert (
+        main([*args, "--selection", "joint", "--model", str(model_dir), "--out", str(joint), "--no-progress"])
+        == 0
+    )
+    report = json.loads((joint / "generate.json").read_text(encoding="utf-8"))
+    pipe = CogViewPipeline.from_pretrained(model_dir)
+    library = pipe.generate_results("a red circle", 2, candidates=3, selection="joint", seed=1)[0]
+    assert report["selection"] == "joint" and report["prompts"][0]["rerank"] == library.rerank
 
 
 def test_jobs_the_model_lacks_are_clean_errors(image_files: list[str], tmp_path: Path, capsys) -> None:

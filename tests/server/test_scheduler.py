@@ -127,7 +127,16 @@ BODIES = [
 ]
 
 
-def test_concurrent_requests_give_the_bytes_of_sequential_ones(pipe: CogViewPipeline) -> None:
+@pytest.mark.parametrize("selection", ["caption", "joint"])
+def test_concurrent_requests_give_the_bytes_of_sequential_ones(pipe: CogViewPipeline, selection: str) -> None:
+    pipe.selection = selection  # the "joint" score adds each result's own log p(codes | prompt)
+    try:
+        _concurrent_equals_sequential(pipe)
+    finally:
+        pipe.selection = "caption"
+
+
+def _concurrent_equals_sequential(pipe: CogViewPipeline) -> None:
     with serving(pipe, batch_wait=1.0) as (url, _):
         sequential = [post(url + "/api/generate", b) for b in BODIES]
         batches = metric(url, "cogview_batch_occupancy_count")
@@ -143,6 +152,7 @@ def test_concurrent_requests_give_the_bytes_of_sequential_ones(pipe: CogViewPipe
     for (_, _, alone), (_, _, together) in zip(sequential, concurrent, strict=True):
         assert together == alone  # every field: images (PNG bytes), seeds, settings, rerank scores
     assert sequential[2][2]["rerank"]["candidates"] == 2
+    assert sequential[2][2]["rerank"]["score"] == pipe.selection
 
 
 def test_a_full_queue_is_503_with_retry_after_at_once(pipe: CogViewPipeline) -> None:
