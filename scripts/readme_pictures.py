@@ -67,11 +67,13 @@ def main() -> None:
     prompt = PROMPTS[1]
     [result] = pipe.generate_results(prompt, 1, seed=7, candidates=8)
     [kept] = pipe.generate_results(prompt, 8, seed=7, candidates=1)  # the same 8 candidates, unranked
-    scores = pipe.score(prompt, kept.images)
+    scores = result.rerank["scores"][0]  # the model's post-selection score of each candidate
+    caption = pipe.score(prompt, kept.images)  # its caption-model part, log p(prompt | image)
     order = sorted(range(len(scores)), key=lambda i: -scores[i])
     make_grid([kept.images[i] for i in order], columns=8, scale=3).save(out / "readme_rerank.png")
-    print(f"\nReranking `{prompt}`, 8 candidates best first, log-likelihood of the prompt:")
+    print(f"\nReranking `{prompt}`, 8 candidates best first by the {result.rerank['score']!r} score:")
     print(", ".join(f"{scores[i]:.2f}" for i in order))
+    print("their caption scores, log p(prompt | image):", ", ".join(f"{caption[i]:.2f}" for i in order))
     print(f"kept by generate(..., candidates=8): candidate {result.rerank['kept'][0] + 1}")
 
     if args.sr_model or "super_resolution" in pipe.jobs:
