@@ -40,6 +40,7 @@ class ImageWork:
     num_images: int
     candidates: int
     previews: bool = False  # send partial images while decoding (streamed requests)
+    selection: str = "caption"  # how post-selection scores the candidates (reranking.SELECTION_SCORES)
 
     @property
     def draws(self) -> int:
@@ -152,8 +153,8 @@ def finish_all(
     pipeline: CogViewPipeline, done: Sequence[tuple[ImageWork, torch.Tensor]]
 ) -> list[PromptResult | Exception]:
     """:func:`finish` for the requests a batch completed: each request's pixels on their own (in
-    the library's chunks), the post-selection scores of requests with the same prompt and number
-    of candidates in one pass (a request's scores are those it gets alone, bit for bit: tested).
+    the library's chunks), the post-selection scores of requests with the same prompt, number
+    of candidates and score in one pass (a request's scores are those it gets alone, bit for bit: tested).
     A failure is returned in the place of its requests' results.
     """
     results: list[PromptResult | Exception] = []
@@ -162,16 +163,16 @@ def finish_all(
             results.append(_pixels(pipeline, work, codes))
         except Exception as e:  # reported to that request's client
             results.append(e)
-    groups: dict[tuple[str, int], list[int]] = {}
+    groups: dict[tuple[str, int, str], list[int]] = {}
     for i, (work, _) in enumerate(done):
         if work.candidates > 1 and isinstance(results[i], PromptResult):
-            groups.setdefault((work.prompt, work.candidates), []).append(i)
-    for (_, candidates), members in groups.items():
+            groups.setdefault((work.prompt, work.candidates, work.selection), []).append(i)
+    for (_, candidates, selection), members in groups.items():
         captioner = pipeline.captioner
         assert captioner is not None
         try:
             scored = [results[i] for i in members]
-            scorer = pipeline.text_to_image if pipeline.selection == "joint" else None
+            scorer = pipeline.text_to_image if selection == "joint" else None
             scores = candidate_scores(scored, captioner, DEFAULT_MAX_BATCH_SIZE, scorer)  # type: ignore[arg-type]
             for i, s in zip(members, scores, strict=True):
                 results[i] = rerank(results[i], captioner, candidates, DEFAULT_MAX_BATCH_SIZE, s, scorer)  # type: ignore[arg-type]

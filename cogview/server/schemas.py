@@ -66,6 +66,11 @@ class GenerateRequest(Sampling):
         le=MAX_CANDIDATES,
         description="keep the best caption score of N (post-selection); None: the model's default, 1: off",
     )
+    selection: Literal["caption", "joint"] | None = Field(
+        None,
+        description="how candidates are scored: caption = log p(prompt | image) (CogView's), joint = that "
+        "plus the generator's log p(image | prompt); None: the model's default",
+    )
 
     @model_validator(mode="after")
     def _bounded_work(self) -> GenerateRequest:

@@ -104,6 +104,7 @@ class Service:
             num_images=req.num_images,
             candidates=candidates,
             previews=previews,
+            selection=self.pipeline.selection if req.selection is None else req.selection,
         )
 
     @staticmethod

@@ -126,6 +126,18 @@ def test_candidates_keep_the_best_scored_image(client: TestClient) -> None:
     assert [im["seed"] for im in data["images"]] == [image_seed(1, i * 3 + k) for i, k in enumerate(kept)]
 
 
+def test_a_request_chooses_the_post_selection_score(client: TestClient, tiny_pipe: CogViewPipeline) -> None:
+    body = {"prompt": "a red circle", "num_images": 2, "candidates": 3, "seed": 1}
+    for selection in ("caption", "joint"):
+        data = client.post("/api/generate", json={**body, "selection": selection}).json()
+        library = tiny_pipe.generate_results("a red circle", 2, candidates=3, seed=1, selection=selection)[0]
+        assert data["rerank"]["score"] == selection
+        assert data["rerank"]["scores"] == library.rerank["scores"] and data["rerank"]["kept"] == library.rerank["kept"]
+    assert client.post("/api/generate", json=body).json()["rerank"]["score"] == tiny_pipe.selection == "caption"
+    bad = client.post("/api/generate", json={**body, "selection": "clip"})
+    assert bad.status_code == 422 and "selection" in bad.text
+
+
 def test_caption_is_seeded_and_in_the_language_asked(client: TestClient, images: list[Image.Image]) -> None:
     body = {"image": png_b64(images[0]), "language": "en", "num_captions": 2, "top_k": 5, "seed": 3}
     first = client.post("/api/caption", json=body).json()
