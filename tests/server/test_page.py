@@ -125,7 +125,8 @@ def test_generate_caption_and_edit_in_the_page(browser: Any, url: str, tmp_path:
     assert not browser.find_element(By.ID, "progress").is_displayed()
     assert not browser.find_element(By.ID, "error").is_displayed()
     assert "seed 1" in browser.find_element(By.ID, "summary").text
-    assert f"best of {best_of}" in browser.find_element(By.ID, "summary").text
+    score = shipped["post_selection"].get("score", "caption")
+    assert f"best of {best_of} by {score} score" in browser.find_element(By.ID, "summary").text
     images = browser.find_elements(By.CSS_SELECTOR, "#results img")
     sources = [im.get_attribute("src") for im in images]
     assert all(s.startswith("data:image/png;base64,") for s in sources)
