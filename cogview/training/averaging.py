@@ -81,7 +81,14 @@ def average_models(
             raise CheckpointError(
                 f"{p / CONFIG_NAME} differs from {paths[0] / CONFIG_NAME}: not the same model"
             )
-        if _model_info(p) != info:
+        found = _model_info(p)
+        if (found is None) != (info is None):
+            has, lacks = (p, paths[0]) if info is None else (paths[0], p)
+            raise CheckpointError(
+                f"{has} has a {MODEL_INFO_NAME} (its tokenizers and vocabulary) and {lacks} has none: "
+                "average folders of one kind"
+            )
+        if found != info:
             raise CheckpointError(
                 f"{p / MODEL_INFO_NAME} differs from {paths[0] / MODEL_INFO_NAME} (tokenizers, vocabulary or "
                 "tasks): averaging needs models of one vocabulary"

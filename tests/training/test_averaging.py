@@ -53,6 +53,10 @@ def test_refuses_what_cannot_be_averaged(tmp_path: Path) -> None:
         average_models([a, wide], tmp_path / "out")
     with pytest.raises(CheckpointError, match="one vocabulary"):
         average_models([a, other], tmp_path / "out")
+    bare = _folder(tmp_path / "bare", 4)
+    (bare / MODEL_INFO_NAME).unlink()
+    with pytest.raises(CheckpointError, match="has none"):
+        average_models([a, bare], tmp_path / "out")
     with pytest.raises(ValueError, match="at least two"):
         average_models([a], tmp_path / "out")
     with pytest.raises(ValueError, match="one per folder"):
