@@ -9,7 +9,7 @@
 - Scoring as a classifier: for each test digit, the canonical prompt of every digit is scored
   against the image; right when the true digit's prompt scores highest.
 
-    python benchmarks/captioning.py [--model DIR | --caption-model RUN/model] [-n 200]
+    python benchmarks/captioning.py [--model DIR | --caption-model RUN/model] [-n 200] [--candidates 8]
     python benchmarks/captioning.py --transformer RUN/model --image-tokenizer T --text-tokenizer T \
         --datasets emoji-train,emoji-test,shapes,digits
 
@@ -160,12 +160,22 @@ def main() -> None:
         help="comma-separated: digits (captions and scoring), shapes, emoji-train, emoji-test",
     )
     p.add_argument("-n", type=int, default=200, help="test images per dataset (digits: at most 297)")
+    p.add_argument(
+        "--candidates",
+        type=int,
+        default=None,
+        help="caption candidates re-ranked by the text-to-image model (a beam of this width; "
+        "default: the model's own, post_selection.captions)",
+    )
     p.add_argument("--batch", type=int, default=32, help="batch size")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default="benchmarks/results/captioning.json")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     pipe = load(args)
+    if args.candidates is not None:
+        pipe.caption_candidates = args.candidates
+        pipe.max_samples = max(pipe.max_samples, args.batch * args.candidates)
     started = time.perf_counter()
     chosen = args.datasets.split(",")
     unknown = set(chosen) - {"digits", "shapes", "emoji-train", "emoji-test"}

@@ -384,12 +384,15 @@ class CogViewPipeline:
         :meth:`Captioner.caption` for the sampling settings). None: the job's default (1; the
         original script's 8 under ``semantics="original"``).
 
-        ``candidates`` > 1: one caption per image, the best of the greedy caption and
-        ``candidates - 1`` sampled ones by caption score plus the text-to-image model's
+        ``beams`` > 1 (a keyword): the ``num_captions`` most likely captions of a beam search.
+
+        ``candidates`` > 1: one caption per image, the best of the ``candidates`` most likely
+        captions (a beam search of that width) by caption score plus the text-to-image model's
         ``log p(image | caption)`` (:func:`~cogview.generation.reranking.best_captions`; needs the
-        text_to_image job; sampling overrides apply to the sampled candidates; ``seed`` None: 0,
-        so that a caption stays an answer). None: the model's default (:attr:`caption_candidates`)
-        for one caption per image without sampling settings, else 1.
+        text_to_image job). With sampling overrides the candidates are the greedy caption and
+        ``candidates - 1`` sampled ones (``seed`` None: 0, so that a caption stays an answer).
+        None: the model's default (:attr:`caption_candidates`) for one caption per image without
+        sampling settings, else 1.
         """
         captioner = self._job("image_to_text")
         num_captions = captioner.default_num_captions if num_captions is None else num_captions
@@ -400,13 +403,16 @@ class CogViewPipeline:
         candidates = _check_candidates(candidates)
         n_images = 1 if isinstance(images, Image.Image) else len(images)
         if candidates == 1:
-            self._check_samples(n_images * num_captions, f"{n_images} image(s) x {num_captions} caption(s)")
+            rows = max(num_captions, kwargs.get("beams") or 1)  # a beam holds its width of rows
+            self._check_samples(n_images * rows, f"{n_images} image(s) x {rows} caption(s) or beams")
             return captioner.caption(images, language, num_captions, **kwargs)
         if num_captions != 1:
             raise ValueError(
                 f"candidates={candidates} chooses one caption per image; got num_captions={num_captions} "
                 "(ask for several sampled captions without candidates)"
             )
+        if kwargs.get("beams", 1) != 1:
+            raise ValueError(f"candidates={candidates} come from a beam of that width: leave beams out")
         if self.semantics != "cogview":
             raise ValueError(
                 "caption candidates are re-ranked by our text-to-image job; not with semantics='original'"

@@ -43,6 +43,7 @@ def cmd_caption(args: argparse.Namespace) -> int:
         candidates=args.candidates,
         seed=args.seed,
         max_batch_size=args.max_batch_size,
+        **({} if args.beams is None else {"beams": args.beams}),
         **sampling_overrides(args),
     )
     records = [
@@ -113,7 +114,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="describe images in Chinese or English",
         description="Image-to-text with the model's captioning transformer (layout [BASE] [BOI1] codes "
         "[EOI1] [ROI1] text [EOT]). Prints IMAGE<TAB>caption per caption. Default decoding is greedy "
-        "(the most likely caption); --top-k above 1 samples varied captions, seeded by --seed.",
+        "(the most likely caption by piece); --beams N searches for the N most likely whole captions; "
+        "--top-k above 1 samples varied captions, seeded by --seed.",
     )
     p.add_argument(
         "images", nargs="+", metavar="IMAGE", help="image files (any size: resized and center-cropped)"
@@ -130,9 +132,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--candidates",
         type=int,
-        help="draw the greedy caption and N-1 sampled ones (top-k 8) and keep the one the captioner and "
-        "the text-to-image model agree on best (needs both jobs; one caption per image; default: the "
-        "model's post_selection.captions for one unsampled caption, else 1 = greedy)",
+        help="find the N most likely captions (a beam search of width N; with sampling flags: the greedy "
+        "caption and N-1 sampled ones) and keep the one the captioner and the text-to-image model agree "
+        "on best (needs both jobs; one caption per image; default: the model's post_selection.captions "
+        "for one unsampled caption, else 1 = greedy)",
+    )
+    p.add_argument(
+        "--beams",
+        type=int,
+        help="beam search of this width instead of greedy decoding: prints the -n most likely captions "
+        "(no sampling flags; default 1 = greedy)",
     )
     p.add_argument("--seed", type=int, help="random seed for sampled captions")
     p.add_argument("--temperature", type=float, help="divide logits by this (default: model's)")

@@ -21,6 +21,7 @@ from PIL import Image
 
 from cogview.checks import check_seed, check_text, positive_int
 from cogview.generation.batching import image_seed, image_uniforms, progress_bar, resolve_dtype, run_chunked
+from cogview.generation.beam import beam_search
 from cogview.generation.components import Components
 from cogview.generation.decode import Hooks, as_rows, decode, prefill
 from cogview.generation.sampling import (
@@ -133,6 +134,7 @@ class Captioner(Components):
         max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
         dtype: torch.dtype | str | None = None,
         progress: bool = False,
+        beams: int = 1,
         **overrides: Any,
     ) -> list[str]:
         """``num_captions`` captions per image in ``language``, image by image (flat list).
@@ -141,19 +143,28 @@ class Captioner(Components):
         ``temperature``, ``top_k`` and ``top_p``. Caption j of image i samples from the stream
         :func:`image_seed` ``(seed, i * num_captions + j)``; the default settings are greedy
         (top-k 1), so ``seed`` matters only with ``top_k`` > 1.
+
+        ``beams`` > 1: no sampling; the ``num_captions`` most likely captions of a beam search of
+        that width (:meth:`beam_captions`), best first.
         """
         num_captions = positive_int("num_captions", num_captions)
         max_batch_size = positive_int("max_batch_size", max_batch_size)
+        beams = positive_int("beams", beams)
+        if beams > 1:
+            if sampling is not None or any(v is not None for v in overrides.values()):
+                raise ValueError("beam search does not sample: leave the sampling settings out with beams")
+            if num_captions > beams:
+                raise ValueError(f"a beam of {beams} finds at most {beams} captions, not {num_captions}")
+            found = self.beam_captions(
+                images, language, beams, max_tokens=max_tokens, max_batch_size=max_batch_size, dtype=dtype
+            )
+            return [text for texts in found for text, _ in texts[:num_captions]]
         seed = check_seed(seed)
         allowed = self.allowed(language)
         settings = resolve_sampling(self.sampling, sampling, overrides, UNGUIDED_OVERRIDES)
         if settings.guided:
             raise ValueError("captioning has no classifier-free guidance; leave guidance_scale at 1")
-        most = self.text_budget + self.end_tokens
-        default = most if self.end is not None else min(most, ORIGINAL_CAPTION_TOKENS)
-        steps = default if max_tokens is None else positive_int("max_tokens", max_tokens)
-        if not 1 <= steps <= most:
-            raise ValueError(f"max_tokens must lie in [1, {most}], got {max_tokens}")
+        steps = self._steps(max_tokens)
         rows = self.prefix(self.codes(images)).repeat_interleave(num_captions, dim=0)  # [R, P]
         seed = secrets.randbits(62) if seed is None else seed
         uniforms = image_uniforms([image_seed(seed, r) for r in range(len(rows))], steps)  # [R, steps]
@@ -173,6 +184,60 @@ class Captioner(Components):
         finally:
             if bar is not None:
                 bar.close()
+
+    def _steps(self, max_tokens: int | None) -> int:
+        """Tokens a caption may take: ``max_tokens``, else the text budget and [EOT] (the original: 20)."""
+        most = self.text_budget + self.end_tokens
+        default = most if self.end is not None else min(most, ORIGINAL_CAPTION_TOKENS)
+        steps = default if max_tokens is None else positive_int("max_tokens", max_tokens)
+        if not 1 <= steps <= most:
+            raise ValueError(f"max_tokens must lie in [1, {most}], got {max_tokens}")
+        return steps
+
+    @torch.inference_mode()
+    def beam_captions(
+        self,
+        images: Images,
+        language: str = "zh",
+        width: int = 4,
+        *,
+        max_tokens: int | None = None,
+        max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+        dtype: torch.dtype | str | None = None,
+    ) -> list[list[tuple[str, float]]]:
+        """For each image, up to ``width`` distinct captions with their ``log p(caption | image)``
+        (over the language's pieces and [EOT]), most likely first, from a beam search of that width.
+
+        Greedy decoding keeps one caption; a beam keeps the most likely ones, so the best is at
+        least as likely as the greedy caption and the others are candidates worth re-ranking.
+        Needs a vocabulary with [EOT] (our models): the original's captions have a fixed length.
+        """
+        width = positive_int("width", width)
+        max_batch_size = positive_int("max_batch_size", max_batch_size)
+        if self.end is None:
+            raise ValueError("beam search needs [EOT] in the vocabulary: the original's captions never end")
+        allowed = self.allowed(language)
+        first = allowed.clone()
+        first[self.end] = False  # a caption has at least one piece
+        steps = self._steps(max_tokens)
+        rows = self.prefix(self.codes(images))  # [M, P]
+        model = self._model(dtype)
+
+        def run(start: int, size: int) -> list[list[tuple[str, float]]]:
+            state = prefill(model, rows[start : start + size], steps)
+            found = beam_search(model, state, width, steps, allowed, self.end, first_allowed=first)
+            out = []
+            for hyps in found:
+                texts: dict[str, float] = {}
+                for h in hyps:  # two id sequences can spell one text: keep its best score
+                    text = self.text_tokenizer.decode_unified(list(h.ids), self.vocab).strip()
+                    if text and text not in texts:
+                        texts[text] = h.score
+                out.append(list(texts.items()))
+            return out
+
+        per_call = max(1, max_batch_size // width)  # each image holds width cache rows
+        return [c for chunk in run_chunked(len(rows), per_call, run) for c in chunk]
 
     def _sample(
         self,

@@ -15,6 +15,7 @@ import torch
 
 from cogview.generation.captioning import DEFAULT_MAX_BATCH_SIZE, Captioner, Images
 from cogview.generation.editing.editor import code_log_likelihoods
+from cogview.generation.sampling import SAMPLING_FIELDS
 from cogview.generation.text_to_image import PromptResult, TextToImage
 
 # How post-selection scores a candidate image. "caption": CogView's CapS, log p(prompt | image)
@@ -115,8 +116,9 @@ def rerank(
 # (top-k 8 at temperature 1 held the right emoji name among 9 candidates for 76% / 93.5% of train
 # emoji, zh / en, against 68% / 88% greedy; docs/default_model.md).
 CAPTION_CANDIDATE_SAMPLING = {"top_k": 8, "temperature": 1.0}
-# Keyword arguments of Captioner.caption that set sampling (the rest apply to every candidate).
-CAPTION_SAMPLING_KEYS = ("sampling", "temperature", "top_k", "top_p")
+# Keyword arguments that set sampling (the rest apply to every candidate): given one, caption
+# candidates are sampled, not searched.
+CAPTION_SAMPLING_KEYS = ("sampling", *SAMPLING_FIELDS)
 
 
 def caption_scores(
@@ -145,36 +147,57 @@ def best_captions(
     max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
     **overrides: Any,
 ) -> list[str]:
-    """One caption per image: of the greedy caption and ``candidates - 1`` sampled ones, the one
-    with the highest ``log p(text | image) + log p(codes | text)`` (:func:`caption_scores`).
+    """One caption per image: of ``candidates`` captions, the one with the highest
+    ``log p(text | image) + log p(codes | text)`` (:func:`caption_scores`).
 
-    Sampling ``overrides`` (:data:`CAPTION_SAMPLING_KEYS`) replace
-    :data:`CAPTION_CANDIDATE_SAMPLING` for the sampled candidates, the others (``max_tokens``,
-    ``dtype``, ...) apply to all; ``seed`` seeds them (None: 0,
-    so that the same image gets the same caption).
+    The candidates are the most likely captions, from a beam search of width ``candidates``
+    (deterministic; ``seed`` unused). With sampling ``overrides`` (:data:`CAPTION_SAMPLING_KEYS`)
+    they are the greedy caption and ``candidates - 1`` sampled ones instead, drawn with those
+    settings over :data:`CAPTION_CANDIDATE_SAMPLING` and seeded by ``seed`` (None: 0, so that the
+    same image gets the same caption). The other overrides (``max_tokens``, ``dtype``, ...) apply
+    to every candidate.
     """
     common = {key: v for key, v in overrides.items() if key not in CAPTION_SAMPLING_KEYS}
     given = {key: v for key, v in overrides.items() if key in CAPTION_SAMPLING_KEYS and v is not None}
     codes = captioner.codes(images)  # [n, h, w]
-    greedy = captioner.caption(images, language, 1, max_batch_size=max_batch_size, **common)
-    k = candidates - 1
-    seed = 0 if seed is None else seed
-    sampled = captioner.caption(
-        images,
-        language,
-        k,
-        seed=seed,
-        max_batch_size=max_batch_size,
-        **CAPTION_CANDIDATE_SAMPLING | given,
-        **common,
-    )
+    if given:  # Captioner.caption judges them (e.g. refuses guidance)
+        drawn = _sampled_candidates(
+            captioner, images, language, candidates, seed, max_batch_size, given, common
+        )
+    else:
+        found = captioner.beam_captions(images, language, candidates, max_batch_size=max_batch_size, **common)
+        drawn = [[text for text, _ in texts] for texts in found]
     out = []
     for i in range(codes.shape[0]):
-        drawn = [greedy[i], *sampled[i * k : (i + 1) * k]]
-        texts = list(dict.fromkeys(t for t in drawn if t.strip()))  # distinct and scorable, greedy first
+        texts = list(dict.fromkeys(t for t in drawn[i] if t.strip()))  # distinct and scorable, in order
         if len(texts) < 2:
-            out.append(texts[0] if texts else greedy[i])
+            out.append(texts[0] if texts else drawn[i][0])
             continue
         text_scores, image_scores = caption_scores(captioner, t2i, codes[i], texts)
         out.append(texts[int((text_scores + image_scores).argmax())])
     return out
+
+
+def _sampled_candidates(
+    captioner: Captioner,
+    images: Images,
+    language: str,
+    candidates: int,
+    seed: int | None,
+    max_batch_size: int,
+    given: dict[str, Any],
+    common: dict[str, Any],
+) -> list[list[str]]:
+    """Per image: its greedy caption, then ``candidates - 1`` sampled ones."""
+    greedy = captioner.caption(images, language, 1, max_batch_size=max_batch_size, **common)
+    k = candidates - 1
+    sampled = captioner.caption(
+        images,
+        language,
+        k,
+        seed=0 if seed is None else seed,
+        max_batch_size=max_batch_size,
+        **CAPTION_CANDIDATE_SAMPLING | given,
+        **common,
+    )
+    return [[g, *sampled[i * k : (i + 1) * k]] for i, g in enumerate(greedy)]

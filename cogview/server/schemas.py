@@ -96,8 +96,16 @@ class CaptionRequest(Sampling):
         None,
         ge=1,
         le=MAX_CAPTION_CANDIDATES,
-        description="above 1: the best of the greedy caption and candidates-1 sampled ones, "
-        "re-ranked with the text-to-image model (one caption); None: the model's default",
+        description="above 1: the best of the candidates most likely captions (a beam search; with "
+        "top_k above 1: the greedy caption and candidates-1 sampled ones), re-ranked with the "
+        "text-to-image model (one caption); None: the model's default",
+    )
+    beams: int | None = Field(
+        None,
+        ge=1,
+        le=MAX_CAPTION_CANDIDATES,
+        description="above 1: a beam search of this width returns the num_captions most likely "
+        "captions (no sampling fields, no candidates); None: greedy",
     )
     seed: Seed | None = None
 
@@ -105,6 +113,13 @@ class CaptionRequest(Sampling):
     def _one_caption_when_reranked(self) -> CaptionRequest:
         if self.candidates is not None and self.candidates > 1 and self.num_captions != 1:
             raise ValueError("candidates above 1 choose one caption: leave num_captions at 1")
+        if self.beams is not None and self.beams > 1:
+            if any(v is not None for v in self.sampling_overrides().values()):
+                raise ValueError("beam search does not sample: leave the sampling fields out with beams")
+            if self.candidates is not None and self.candidates > 1:
+                raise ValueError("candidates come from a beam of their own width: leave beams out")
+            if self.num_captions > self.beams:
+                raise ValueError(f"a beam of width {self.beams} finds at most {self.beams} captions")
         return self
 
 

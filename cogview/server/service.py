@@ -77,6 +77,7 @@ class Service:
                 "prompts": schemas.MAX_PROMPTS,
                 "num_captions": schemas.MAX_CAPTIONS,
                 "caption_candidates": schemas.MAX_CAPTION_CANDIDATES,
+                "caption_beams": schemas.MAX_CAPTION_CANDIDATES,
                 "upscale_side": schemas.MAX_UPSCALE_SIDE,
             },
         }
@@ -128,8 +129,15 @@ class Service:
             self._require("text_to_image", "re-rank caption candidates (the text-to-image model scores them)")
 
         def run() -> dict[str, Any]:
+            beams = {} if req.beams is None else {"beams": req.beams}
             captions = self.pipeline.caption(
-                image, req.language, req.num_captions, candidates=req.candidates, seed=seed, **settings
+                image,
+                req.language,
+                req.num_captions,
+                candidates=req.candidates,
+                seed=seed,
+                **beams,
+                **settings,
             )
             return {"captions": captions, "language": req.language, "seed": seed}
 

@@ -59,6 +59,31 @@ def test_caption_cli_candidates_is_the_library_s_choice(
     assert "one caption per image" in capsys.readouterr().err
 
 
+def test_caption_cli_beams_print_the_most_likely_captions(
+    model_dir: Path, image_files: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = [
+        "caption",
+        *image_files,
+        "-l",
+        "en",
+        "-n",
+        "2",
+        "--beams",
+        "3",
+        "--model",
+        str(model_dir),
+        "--json",
+    ]
+    assert main(args) == 0
+    records = json.loads(capsys.readouterr().out)
+    pipe = CogViewPipeline.from_pretrained(model_dir)
+    found = pipe.captioner.beam_captions([Image.open(f) for f in image_files], "en", 3)
+    assert [r["captions"] for r in records] == [[t for t, _ in texts[:2]] for texts in found]
+    assert main(["caption", image_files[0], "--beams", "2", "--top-k", "4", "--model", str(model_dir)]) == 2
+    assert "does not sample" in capsys.readouterr().err
+
+
 def test_score_cli_ranks_best_first(
     model_dir: Path, image_files: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -156,6 +156,12 @@ def test_caption_candidates_return_the_library_s_choice(
     reply = client.post("/api/caption", json=body)
     assert reply.status_code == 200, reply.text
     assert reply.json()["captions"] == tiny_pipe.caption(images[0], "en", candidates=4, seed=5)
+    beams = {"image": png_b64(images[0]), "language": "en", "num_captions": 2, "beams": 3}
+    reply = client.post("/api/caption", json=beams)
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["captions"] == tiny_pipe.caption(images[0], "en", 2, beams=3)
+    refused = client.post("/api/caption", json={**beams, "top_k": 4})
+    assert refused.status_code == 422 and "does not sample" in refused.text
 
 
 def test_score_matches_the_library_and_ranks_best_first(
