@@ -17,12 +17,10 @@ Prints a table and writes benchmarks/results/caption_rescoring.json.
 from __future__ import annotations
 
 import argparse
-import json
 import time
-from pathlib import Path
 
 import torch
-from captioning import emoji_examples, names_emoji
+from captioning import emoji_examples, names_emoji, write_record
 
 from cogview.generation.reranking import CAPTION_CANDIDATE_SAMPLING, caption_scores
 from cogview.pipeline import CogViewPipeline
@@ -75,9 +73,7 @@ def main() -> None:
             print(f"{split + ' ' + lang:<16}" + "".join(f"{r[m]:>15.1%}" for m in METHODS), flush=True)
     seconds = time.perf_counter() - started
     print(f"({seconds:.0f} s)")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    record = {"args": vars(args), "seconds": seconds, "results": results}
-    Path(args.out).write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n")
+    write_record(args, seconds, results)
 
 
 if __name__ == "__main__":

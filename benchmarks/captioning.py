@@ -9,7 +9,7 @@
 - Scoring as a classifier: for each test digit, the canonical prompt of every digit is scored
   against the image; right when the true digit's prompt scores highest.
 
-    python benchmarks/captioning.py [--model DIR | --caption-model RUN/model] [-n 200] [--candidates 8]
+    python benchmarks/captioning.py [--model DIR | --caption-model RUN/model] [-n 200] [--candidates 8 | --beams 8]
     python benchmarks/captioning.py --transformer RUN/model --image-tokenizer T --text-tokenizer T \
         --datasets emoji-train,emoji-test,shapes,digits
 
@@ -23,6 +23,7 @@ import json
 import random
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -42,11 +43,11 @@ def load(args: argparse.Namespace) -> CogViewPipeline:
     return CogViewPipeline.from_pretrained(args.model)
 
 
-def caption_digits(pipe: CogViewPipeline, n: int, lang: str, batch: int) -> dict[str, float]:
+def caption_digits(pipe: CogViewPipeline, n: int, lang: str, batch: int, **decoding: Any) -> dict[str, float]:
     ds = datasets.load("digits", "test")
     n = min(n, len(ds))
     examples = [ds[i] for i in range(n)]
-    captions = pipe.caption([e.image for e in examples], lang, max_batch_size=batch)
+    captions = pipe.caption([e.image for e in examples], lang, max_batch_size=batch, **decoding)
     right = [
         digits.parse_caption(c, lang) == e.attributes["digit"]
         for c, e in zip(captions, examples, strict=True)
@@ -55,10 +56,10 @@ def caption_digits(pipe: CogViewPipeline, n: int, lang: str, batch: int) -> dict
     return {"n": n, "accuracy": sum(right) / n, "well_formed": sum(well_formed) / n, "examples": captions[:5]}
 
 
-def caption_shapes(pipe: CogViewPipeline, n: int, lang: str, batch: int) -> dict[str, float]:
+def caption_shapes(pipe: CogViewPipeline, n: int, lang: str, batch: int, **decoding: Any) -> dict[str, float]:
     ds = datasets.load("shapes", "test")
     examples = [ds[i] for i in range(n)]
-    captions = pipe.caption([e.image for e in examples], lang, max_batch_size=batch)
+    captions = pipe.caption([e.image for e in examples], lang, max_batch_size=batch, **decoding)
     parsed = [shapes.parse_caption(c, lang) for c in captions]
     out: dict[str, float] = {"n": n, "well_formed": sum(p is not None for p in parsed) / n}
     for f in FIELDS:
@@ -100,10 +101,12 @@ def names_emoji(caption: str, example: datasets.Example, lang: str) -> bool:
     return parsed == want["emoji"] or getattr(emoji.emoji_info(parsed), name) == want[name]
 
 
-def caption_emoji(pipe: CogViewPipeline, split: str, n: int, lang: str, batch: int) -> dict[str, float]:
+def caption_emoji(
+    pipe: CogViewPipeline, split: str, n: int, lang: str, batch: int, **decoding: Any
+) -> dict[str, float]:
     """Captions of n emoji of `split` (a fixed random draw): the name right, and base / tone apart."""
     examples = emoji_examples(split, n, pipe.image_tokenizer.image_size)
-    captions = pipe.caption([e.image for e in examples], lang, max_batch_size=batch)
+    captions = pipe.caption([e.image for e in examples], lang, max_batch_size=batch, **decoding)
     name = "name_zh" if lang == "zh" else "name_en"
     named = base = tone = parsed_any = 0
     for c, e in zip(captions, examples, strict=True):
@@ -141,6 +144,13 @@ def score_digits(pipe: CogViewPipeline, n: int, lang: str, batch: int) -> dict[s
     return {"n": n, "accuracy": float((predicted == truth).float().mean())}
 
 
+def write_record(args: argparse.Namespace, seconds: float, results: dict[str, Any]) -> None:
+    """``args.out``: the arguments, the time and the results, as JSON (the caption benchmarks' record)."""
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    record = {"args": vars(args), "seconds": seconds, "results": results}
+    Path(args.out).write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=None, help="model folder (default: the shipped model)")
@@ -167,15 +177,21 @@ def main() -> None:
         help="caption candidates re-ranked by the text-to-image model (a beam of this width; "
         "default: the model's own, post_selection.captions)",
     )
+    p.add_argument(
+        "--beams", type=int, default=None, help="the best caption of a beam of this width (no re-ranking)"
+    )
     p.add_argument("--batch", type=int, default=32, help="batch size")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default="benchmarks/results/captioning.json")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    if args.beams is not None and args.candidates not in (None, 1):
+        p.error("--beams shows the beam's best caption; leave --candidates out (it re-ranks a beam)")
     pipe = load(args)
+    decoding = {} if args.beams is None else {"beams": args.beams, "candidates": 1}
     if args.candidates is not None:
         pipe.caption_candidates = args.candidates
-        pipe.max_samples = max(pipe.max_samples, args.batch * args.candidates)
+    pipe.max_samples = max(pipe.max_samples, args.batch * max(args.candidates or 1, args.beams or 1))
     started = time.perf_counter()
     chosen = args.datasets.split(",")
     unknown = set(chosen) - {"digits", "shapes", "emoji-train", "emoji-test"}
@@ -185,13 +201,15 @@ def main() -> None:
     rows = []
     for lang in ("zh", "en"):
         if "digits" in chosen:
-            results[f"digits_{lang}"] = caption_digits(pipe, args.n, lang, args.batch)
+            results[f"digits_{lang}"] = caption_digits(pipe, args.n, lang, args.batch, **decoding)
             results[f"score_digits_{lang}"] = score_digits(pipe, args.n, lang, args.batch)
         if "shapes" in chosen:
-            results[f"shapes_{lang}"] = caption_shapes(pipe, args.n, lang, args.batch)
+            results[f"shapes_{lang}"] = caption_shapes(pipe, args.n, lang, args.batch, **decoding)
         for split in ("train", "test"):
             if f"emoji-{split}" in chosen:
-                results[f"emoji_{split}_{lang}"] = caption_emoji(pipe, split, args.n, lang, args.batch)
+                results[f"emoji_{split}_{lang}"] = caption_emoji(
+                    pipe, split, args.n, lang, args.batch, **decoding
+                )
     if "digits" in chosen:
         rows += [("digits caption accuracy", "digits", "accuracy")]
     if "shapes" in chosen:
@@ -214,9 +232,7 @@ def main() -> None:
     for name, key, field in rows:
         print(f"{name:<28} {results[key + '_zh'][field]:>8.1%} {results[key + '_en'][field]:>8.1%}")
     print(f"({seconds:.0f} s)")
-    record = {"args": vars(args), "seconds": seconds, "results": results}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n")
+    write_record(args, seconds, results)
 
 
 if __name__ == "__main__":

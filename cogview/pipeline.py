@@ -403,8 +403,7 @@ class CogViewPipeline:
         candidates = _check_candidates(candidates)
         n_images = 1 if isinstance(images, Image.Image) else len(images)
         if candidates == 1:
-            rows = max(num_captions, kwargs.get("beams") or 1)  # a beam holds its width of rows
-            self._check_samples(n_images * rows, f"{n_images} image(s) x {rows} caption(s) or beams")
+            self._check_samples(n_images * num_captions, f"{n_images} image(s) x {num_captions} caption(s)")
             return captioner.caption(images, language, num_captions, **kwargs)
         if num_captions != 1:
             raise ValueError(

@@ -34,7 +34,8 @@
 #   STAGE=dec  the 8x8 tokenizer's decoder trained further, encoder and codebook frozen (codes
 #            unchanged, so the transformers need nothing new; configs/tokenizer-emoji-8x8-decoder.json)
 #   STAGE=assemble  the model folder (scripts/assemble_emoji_model.py): the transformers of stages
-#            6gi, 6h and 7b, best of 4 by the joint score, the text tokenizer and the decoder-trained image tokenizer, weights in
+#            6gi, 6h and 7b, best of 4 by the joint score, captions re-ranked from a beam of 8, the text
+#            tokenizer and the decoder-trained image tokenizer, weights in
 #            fp16, into DEST (default runs/emoji/assembled; cogview/assets/default is the shipped one)
 #   probe    the recall probe: 200 emoji, 20 epochs, one core (configs/emoji-probe200.json)
 set -euo pipefail
@@ -166,7 +167,8 @@ fi
 if run assemble; then
   # The shipped folder: stages 6gi, 6h and 7b. Best of 4 by default: 64 codes per image make four
   # candidates cost about what two did with the first model's 256; scored by captioner + generator.
+  # Captions: the likely ones of a beam of 8, re-ranked by the same two scores (docs/jobs.md).
   "$PY" scripts/assemble_emoji_model.py --transformer "${T2I:-$OUT/emoji/t2i-soup/model}" \
     --caption "${CAPTION:-$OUT/emoji/caption-more3/model}" --super-resolution "${SR:-$OUT/emoji/sr-more/model}" \
-    --candidates 4 --selection joint --out "${DEST:-$OUT/emoji/assembled}"
+    --candidates 4 --selection joint --caption-candidates 8 --out "${DEST:-$OUT/emoji/assembled}"
 fi

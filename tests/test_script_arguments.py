@@ -30,3 +30,11 @@ def test_super_resolution_benchmark_refuses_a_file_as_its_out_folder(tmp_path: P
     done = _run("benchmarks/super_resolution.py", "--out", str(tmp_path / "sr.json"))
     assert done.returncode == 2 and "names a folder" in done.stderr, done.stderr
     assert not (tmp_path / "sr.json").exists()
+
+
+def test_captioning_benchmark_refuses_beams_with_candidates(tmp_path: Path) -> None:
+    # --beams shows the beam's best caption; --candidates re-ranks a beam: asking both is ambiguous.
+    out = tmp_path / "c.json"
+    done = _run("benchmarks/captioning.py", "--beams", "4", "--candidates", "8", "--out", str(out))
+    assert done.returncode == 2 and "leave --candidates out" in done.stderr, done.stderr
+    assert not out.exists()

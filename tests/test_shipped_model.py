@@ -10,15 +10,16 @@ import torch
 from cogview import datasets
 from cogview.datasets import checkers, emoji, shapes
 from cogview.datasets.checkers import EmojiChecker
-from cogview.generation.reranking import caption_scores
+from cogview.generation.reranking import caption_scores, likely_captions
 from cogview.images import psnr, to_tensor
 from cogview.pipeline import CogViewPipeline
 
 # Train emoji the tests ask for, by canonical name (fixed, so a test reads the same images each run).
 EMOJI = ("🍕", "🚀", "🦒", "🐱")
-# Measured on these 8 prompts / 8 captions with the shipped folder (torch 2.13, one thread): 8 and 7.
-# One below, for bit differences across machines; the model's rates are in docs/default_model.md.
-EMOJI_DRAWN, EMOJI_NAMED = 7, 6
+# Measured on these 8 prompts / 8 captions with the shipped folder (torch 2.13, one thread): 8 and 6
+# (greedy captions: 7). One below, for bit differences across machines; the model's rates are in
+# docs/default_model.md.
+EMOJI_DRAWN, EMOJI_NAMED = 7, 5
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +64,7 @@ def test_shipped_captions_name_emoji(pipe: CogViewPipeline) -> None:
     for e in EMOJI:
         for lang in ("zh", "en"):
             right += emoji.parse_caption(pipe.caption(emoji.render_emoji(e), language=lang)[0], lang) == e
-    assert right >= EMOJI_NAMED, f"{right} of {2 * len(EMOJI)} captions name the emoji (measured: 7)"
+    assert right >= EMOJI_NAMED, f"{right} of {2 * len(EMOJI)} captions name the emoji (measured: 6)"
 
 
 def test_shipped_captions_name_the_scene(pipe: CogViewPipeline) -> None:
@@ -74,9 +75,9 @@ def test_shipped_captions_name_the_scene(pipe: CogViewPipeline) -> None:
         for lang in ("zh", "en"):
             parsed = shapes.parse_caption(pipe.caption(scene.image, language=lang)[0], lang)
             right += parsed is not None and all(parsed[k] == scene.attributes[k] for k in parsed)
-    # English 6 of 8, Chinese 3 of 8 (stage 6h, greedy; re-ranked from 9 candidates: 7 and 5): the
-    # 4,096-piece tokenizer's slot-spanning zh pieces (docs/emoji_model.md, "Why Chinese shapes captions fail").
-    assert right >= 8, f"{right} of 16 captions name the scene (measured: 9)"
+    # 13 of 16 as shipped (a beam of 8, re-ranked); greedy 9: its Chinese captions take the
+    # 4,096-piece tokenizer's slot-spanning pieces (docs/emoji_model.md, "Why Chinese shapes captions fail").
+    assert right >= 12, f"{right} of 16 captions name the scene (measured: 13)"
 
 
 def test_text_to_image_scores_the_right_name_higher(pipe: CogViewPipeline) -> None:
@@ -98,7 +99,10 @@ def test_caption_candidates_keep_the_best_scoring_one(pipe: CogViewPipeline) -> 
     codes = pipe.captioner.codes(images)
     assert len(chosen) == len(images)
     for i in range(len(images)):
-        texts = [t for t, _ in beams[i]]
+        texts = likely_captions(beams[i])
+        if len(texts) == 1:
+            assert chosen[i] == texts[0]
+            continue
         text_scores, image_scores = caption_scores(pipe.captioner, pipe.text_to_image, codes[i], texts)
         assert chosen[i] == texts[int((text_scores + image_scores).argmax())]
 

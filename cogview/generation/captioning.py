@@ -233,7 +233,7 @@ class Captioner(Components):
                     text = self.text_tokenizer.decode_unified(list(h.ids), self.vocab).strip()
                     if text and text not in texts:
                         texts[text] = h.score
-                out.append(list(texts.items()))
+                out.append(list(texts.items()) or [("", hyps[0].score)])  # never no answer
             return out
 
         per_call = max(1, max_batch_size // width)  # each image holds width cache rows
