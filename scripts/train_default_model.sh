@@ -27,6 +27,8 @@
 #            alone, emoji fell 6 / 2 points for shapes and digits: shipped only in the mean, 6gi)
 #   STAGE=6j the captioner 8,000 steps more from 6h at 6f's peak, shapes x2 (configs/emoji-caption-more4.json;
 #            measured, not shipped: train emoji named 63% / 83.5% of 200, 6h 68% / 88%)
+#   STAGE=6k the captioner 6,000 steps more from 6h with every zh template of the train emoji
+#            (configs/emoji-caption-more5.json; measured, not shipped: en captions broke, 88% -> 62%)
 #   STAGE=6gi the shipped transformer: the mean of 6g's and 6i's weights (cogview average, seconds)
 #   STAGE=6g text-to-image 7,000 steps more from 6e at half 6e's peak, shapes x2 (configs/emoji-t2i-more2.json)
 #   STAGE=7  the super-resolution transformer with cell inputs, DDP (configs/emoji-sr.json)
@@ -134,6 +136,15 @@ if [ "$STAGE" = 6j ]; then  # a measurement, not part of STAGE=all
   # 40% -> 29%): twice as long at 6f's peak, shapes captions twice. It named fewer (63% / 83.5%).
   # On a machine without runs/emoji/caption-more3: INIT=cogview/assets/default/caption.
   ddp --config configs/emoji-caption-more4.json --out "$OUT/emoji/caption-more4" --resume \
+    --set init_from="${INIT:-$OUT/emoji/caption-more3/model}"
+fi
+if [ "$STAGE" = 6k ]; then  # a measurement, not part of STAGE=all
+  # The captioner on from 6h with every template of every train emoji in Chinese (13,844 rows) beside
+  # the one-template rows: zh names 68% -> 71% greedy, but English captions stopped after a piece
+  # (`an emoji of g`: 88% -> 62%) and zh shapes fell 29% -> 11%.
+  prep --dataset emoji --split train --out "$SHARDS/emoji-train-i2t-zh" --tasks image_to_text --text-budget 23 \
+    --languages zh --dataset-option all_templates=true
+  ddp --config configs/emoji-caption-more5.json --out "$OUT/emoji/caption-more5" --resume \
     --set init_from="${INIT:-$OUT/emoji/caption-more3/model}"
 fi
 # Text-to-image on from 6b, whose loss was still falling (0.42 -> 0.37), at half its peak with emoji
