@@ -204,6 +204,7 @@ class Captioner(Components):
         max_tokens: int | None = None,
         max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
         dtype: torch.dtype | str | None = None,
+        codes: torch.Tensor | None = None,
     ) -> list[list[tuple[str, float]]]:
         """For each image, up to ``width`` distinct captions with their ``log p(caption | image)``
         (over the language's pieces and [EOT]), most likely first, from a beam search of that width.
@@ -211,6 +212,7 @@ class Captioner(Components):
         Greedy decoding keeps one caption; a beam keeps the most likely ones, so the best is at
         least as likely as the greedy caption and the others are candidates worth re-ranking.
         Needs a vocabulary with [EOT] (our models): the original's captions have a fixed length.
+        ``codes``: the images' codes ``[M, h, w]`` when the caller has them (not encoded again).
         """
         width = positive_int("width", width)
         max_batch_size = positive_int("max_batch_size", max_batch_size)
@@ -220,7 +222,7 @@ class Captioner(Components):
         first = allowed.clone()
         first[self.end] = False  # a caption has at least one piece
         steps = self._steps(max_tokens)
-        rows = self.prefix(self.codes(images))  # [M, P]
+        rows = self.prefix(self.codes(images) if codes is None else codes)  # [M, P]
         model = self._model(dtype)
 
         def run(start: int, size: int) -> list[list[tuple[str, float]]]:

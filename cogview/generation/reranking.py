@@ -173,7 +173,9 @@ def best_captions(
             captioner, images, language, candidates, seed, max_batch_size, given, common
         )
     else:
-        found = captioner.beam_captions(images, language, candidates, max_batch_size=max_batch_size, **common)
+        found = captioner.beam_captions(
+            images, language, candidates, max_batch_size=max_batch_size, codes=codes, **common
+        )
         drawn = [likely_captions(texts) for texts in found]
     out = []
     for i in range(codes.shape[0]):
