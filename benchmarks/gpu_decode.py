@@ -142,17 +142,6 @@ def main() -> int:
     print(f"{args.preset} {args.dtype} on {device_name}: floor {floor_ms:.3f} ms/step ({w_bytes / 2**30:.2f} GiB of weights)")
     rows = engine_rows(model, prompt, allowed, args.batch_sizes, steps, args.repeats, floor_ms)
     del model
-    jobs = {} if args.no_jobs else shipped_jobs(device)
-
-    print(f"\n{'batch':>5} {'mode':>10} {'ms/step':>8} {'x floor':>7} {'tokens/s':>9} {'peak GiB':>8}")
-    for r in rows:
-        peak = "-" if r["peak_memory_gib"] is None else f"{r['peak_memory_gib']:.2f}"
-        print(
-            f"{r['batch']:>5} {r['mode']:>10} {r['ms_per_step']:>8.2f} {r['x_floor']:>7.2f} "
-            f"{r['tokens_per_s']:>9.1f} {peak:>8}"
-        )
-    for name, seconds in jobs.items():
-        print(f"shipped model {name}: {seconds:.2f} s")
     result = {
         "command": "python " + " ".join(sys.argv),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -166,13 +155,26 @@ def main() -> int:
         "copy_bandwidth_bytes_per_s": bandwidth,
         "floor_ms_per_step": floor_ms,
         "engine": rows,
-        "shipped_jobs_seconds": jobs,
+        "shipped_jobs_seconds": {},
     }
     default = RESULTS if (args.preset, device.type) == ("cogview-4b", "cuda") else Path("out") / (
         f"gpu_decode-{args.preset}-{device.type}.json"
     )
     out = Path(args.out) if args.out else default
-    write_json(out, result)
+    write_json(out, result)  # the engine rows are kept even if the jobs below fail or time out
+
+    print(f"\n{'batch':>5} {'mode':>10} {'ms/step':>8} {'x floor':>7} {'tokens/s':>9} {'peak GiB':>8}")
+    for r in rows:
+        peak = "-" if r["peak_memory_gib"] is None else f"{r['peak_memory_gib']:.2f}"
+        print(
+            f"{r['batch']:>5} {r['mode']:>10} {r['ms_per_step']:>8.2f} {r['x_floor']:>7.2f} "
+            f"{r['tokens_per_s']:>9.1f} {peak:>8}"
+        )
+    if not args.no_jobs:
+        result["shipped_jobs_seconds"] = shipped_jobs(device)
+        write_json(out, result)
+    for name, seconds in result["shipped_jobs_seconds"].items():
+        print(f"shipped model {name}: {seconds:.2f} s")
     print(f"wrote {out}")
     return 0
 

@@ -1,15 +1,17 @@
 """One lent-GPU session: every CUDA check of the project in one time-boxed run, results under --out.
 
 A GPU is lent for minutes, once, so each part runs in its own process with a timeout (one failure
-or hang does not cost the rest), and the text-to-image training stage at the end takes whatever
-time is left: a short calibration run measures seconds per step on this machine, then the stage
-runs with as many steps as fit (the lr schedule is fitted to them, not cut off).
+or hang does not cost the rest), and the training stages at the end take whatever time is left:
+short calibration runs measure seconds per step on this machine, then each stage runs with as
+many steps as fit (the lr schedule is fitted to them, not cut off). ``--skip`` drops parts.
 
 1. the environment (nvidia-smi, torch, CUDA);
-2. ``gpu_fsdp_4b.py``: cogview-4b training step, FSDP2 + bf16 + activation checkpointing;
-3. ``gpu_original_4b.py``: cogview-4b bf16 decode at batch 1 and 8 against the memory floor;
-4. ``gpu_default_model.py``: the shipped model's jobs on the GPU, fp32 and bf16;
-5. a text-to-image stage (``--train-config``), packed with its loss curve into ``t2i_stage.tar``.
+2. ``gpu_decode.py``: the one decoding engine, eager against CUDA graphs, and the shipped jobs;
+3. ``gpu_fsdp_4b.py``: cogview-4b training step, FSDP2 + bf16 + activation checkpointing;
+4. ``gpu_original_4b.py``: cogview-4b bf16 decode at batch 1 and 8 against the memory floor;
+5. ``gpu_default_model.py``: the shipped model's jobs on the GPU, fp32 and bf16;
+6. training stages (``--train-config A.json B.json``), all at once on the one GPU, each packed
+   with its loss curve into ``stages.tar``, which comes back in pieces (``cat stages.tar.* > stages.tar``).
 
     python benchmarks/gpu_session.py --out $OUT                       # on the GPU machine
     python benchmarks/gpu_session.py --out /tmp/rehearsal --device cpu --preset tiny \\
@@ -23,12 +25,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import statistics
 import subprocess
 import sys
 import tarfile
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -67,6 +69,37 @@ class Session:
         self.save()
         return rc
 
+    def run_many(self, name: str, cmds: dict[str, list[str]], timeout: float) -> dict[str, int]:
+        """Run several commands at once (one GPU shared), each to its own log, appended to the
+        session log when all have ended; past the timeout the ones left are killed (code 124)."""
+        timeout = max(1.0, min(timeout, self.left()))
+        t0 = time.monotonic()
+        logs = {key: tempfile.TemporaryFile("w+", encoding="utf-8") for key in cmds}
+        procs = {
+            key: subprocess.Popen(cmd, cwd=ROOT, stdout=logs[key], stderr=subprocess.STDOUT)
+            for key, cmd in cmds.items()
+        }
+        rcs: dict[str, int] = {}
+        for key, proc in procs.items():
+            try:
+                rcs[key] = proc.wait(timeout=max(1.0, t0 + timeout - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+                rcs[key] = 124
+        seconds = round(time.monotonic() - t0, 1)
+        with open(self.log, "a", encoding="utf-8") as f:
+            for key, cmd in cmds.items():
+                logs[key].seek(0)
+                f.write(
+                    f"\n=== {name} / {key}: {' '.join(cmd)} (timeout {timeout:.0f} s)\n{logs[key].read()}"
+                )
+                logs[key].close()
+        self.record["parts"][name] = {"rc": rcs, "seconds": seconds}
+        print(f"{name}: rc {rcs} in {seconds} s ({self.left():.0f} s left)", flush=True)
+        self.save()
+        return rcs
+
     def save(self) -> None:
         (self.out / "gpu_session.json").write_text(json.dumps(self.record, indent=2) + "\n", encoding="utf-8")
 
@@ -93,47 +126,112 @@ def step_size(config: Path, overrides: list[str]) -> tuple[int, float]:
     return tokens, len(data) / (cfg.batch_size * cfg.grad_accum)
 
 
-def train_stage(s: Session, args: argparse.Namespace, py: str) -> None:
-    """Calibrate, fit the steps to the time left, train, and pack the result."""
+def calibrate(
+    s: Session, stages: dict[str, list[str]], work: Path, args: argparse.Namespace
+) -> dict[str, int]:
+    """Run every stage's calibration at once (they share the GPU as the stages will) and fit each
+    stage's steps to the time left: the seconds per step are measured under that contention."""
+    cal_sets = [f"steps={CALIBRATION_STEPS}", "log_every=50", "checkpoint_every=100000"]
+    cmds = {
+        name: [*cmd, *cal_sets, "--out", str(work / f"{name}-calibration")] for name, cmd in stages.items()
+    }
+    rcs = s.run_many("calibration", cmds, 150)
+    fitted: dict[str, int] = {}
+    for name, config in zip(stages, args.train_config, strict=True):
+        if rcs[name] != 0:
+            continue
+        tokens, epoch_steps = step_size(Path(config), [*args.train_set, *cal_sets])
+        per_step = seconds_per_step(work / f"{name}-calibration", tokens)
+        startup = s.record["parts"]["calibration"]["seconds"] - CALIBRATION_STEPS * per_step
+        room = s.left() - args.reserve - max(startup, 0.0)
+        cap = min(args.max_train_steps, args.max_train_epochs * epoch_steps)
+        steps = int(min(cap, room / (per_step * 1.1)) // 100 * 100)
+        s.record.setdefault("stages", {})[name] = {
+            "config": config,
+            "seconds_per_step": round(per_step, 4),
+            "startup_s": round(startup, 1),
+            "steps": steps,
+            "epochs": round(steps / epoch_steps, 2),
+        }
+        if steps >= 100:
+            fitted[name] = steps
+        else:
+            print(f"{name}: only {room:.0f} s left, {per_step:.3f} s per step: not started", flush=True)
+    s.save()
+    return fitted
+
+
+def half_weights(model_dir: Path) -> None:
+    """Store a model folder's float weights as float16: half the bytes to bring back, and loading
+    casts them to the model's dtype again (fp16 keeps 3 more mantissa bits than bf16)."""
+    from cogview.serialization import load_weights, save_weights
+
+    path = model_dir / "model.safetensors"
+    state = load_weights(path)
+    save_weights(path, {k: v.half() if v.is_floating_point() else v for k, v in state.items()})
+
+
+def train_stages(s: Session, args: argparse.Namespace, py: str) -> None:
+    """Calibrate, fit the steps to the time left, train every stage at once, and pack the results."""
     work = Path(args.work)
     shutil.rmtree(work, ignore_errors=True)
-    cal, stage = work / "calibration", work / "stage"
-    base = [py, "-m", "cogview", "train", "--config", args.train_config]
-    sets = [f"device={args.device}", *args.train_set]
-    env = dict(os.environ)
-    cal_sets = [*sets, f"steps={CALIBRATION_STEPS}", "log_every=50", "checkpoint_every=100000"]
-    rc = s.run("t2i_calibration", [*base, "--out", str(cal), "--set", *cal_sets], 120, env)
-    if rc != 0:
-        return
-    tokens, epoch_steps = step_size(Path(args.train_config), cal_sets)
-    per_step = seconds_per_step(cal, tokens)
-    startup = s.record["parts"]["t2i_calibration"]["seconds"] - CALIBRATION_STEPS * per_step
-    room = s.left() - args.reserve - max(startup, 0.0)
-    cap = min(args.max_train_steps, args.max_train_epochs * epoch_steps)
-    steps = int(min(cap, room / (per_step * 1.1)) // 100 * 100)
-    s.record["t2i_stage"] = {
-        "seconds_per_step": round(per_step, 4),
-        "startup_s": round(startup, 1),
-        "steps": steps,
-        "epochs": round(steps / epoch_steps, 2),
+    work.mkdir(parents=True)
+    stages = {
+        Path(c).stem: [
+            py,
+            "-m",
+            "cogview",
+            "train",
+            "--config",
+            c,
+            "--set",
+            f"device={args.device}",
+            *args.train_set,
+        ]
+        for c in args.train_config
     }
-    s.save()
-    if steps < 100:
-        print(f"t2i stage: only {room:.0f} s left, {per_step:.3f} s per step: not started", flush=True)
+    fitted = calibrate(s, stages, work, args)
+    if not fitted:
         return
-    s.run("t2i_stage", [*base, "--out", str(stage), "--set", *sets, f"steps={steps}"], s.left() - 20, env)
-    if not (stage / "model").is_dir():  # cut off: keep the last checkpoint's weights
-        ckpts = sorted((stage / "checkpoints").glob("step_*"), key=lambda p: int(p.name.split("_")[1]))
-        if ckpts:
-            s.run(
-                "t2i_consolidate",
-                [py, "-m", "cogview", "consolidate", str(ckpts[-1]), "--out", str(stage / "model")],
-                60,
-            )
-    with tarfile.open(s.out / "t2i_stage.tar", "w") as tar:
-        for name in ("model", "metrics.jsonl", "train_config.json", "loss.png"):
-            if (stage / name).exists():
-                tar.add(stage / name, arcname=name)
+    cmds = {
+        name: [*stages[name], f"steps={steps}", "--out", str(work / name)] for name, steps in fitted.items()
+    }
+    s.run_many("stages", cmds, s.left() - args.reserve + 5)
+    packed = work / "stages.tar"
+    with tarfile.open(packed, "w") as tar:
+        for name in fitted:
+            stage = work / name
+            if not (stage / "model").is_dir():  # cut off: keep the last checkpoint's weights
+                ckpts = sorted(
+                    (stage / "checkpoints").glob("step_*"), key=lambda p: int(p.name.split("_")[1])
+                )
+                if not ckpts:
+                    continue
+                consolidate = [
+                    py,
+                    "-m",
+                    "cogview",
+                    "consolidate",
+                    str(ckpts[-1]),
+                    "--out",
+                    str(stage / "model"),
+                ]
+                if s.run(f"{name}_consolidate", consolidate, 60) != 0:
+                    continue
+            if args.half:
+                half_weights(stage / "model")
+            for item in ("model", "metrics.jsonl", "train_config.json", "loss.png"):
+                if (stage / item).exists():
+                    tar.add(stage / item, arcname=f"{name}/{item}")
+    split_file(packed, s.out, args.piece_bytes)
+
+
+def split_file(path: Path, out: Path, piece_bytes: int) -> None:
+    """Copy ``path`` into ``out`` as ``NAME.00``, ``NAME.01``, ... of at most ``piece_bytes`` each
+    (what comes back from the machine is limited per file); ``cat NAME.* > NAME`` joins them."""
+    with open(path, "rb") as f:
+        for i, chunk in enumerate(iter(lambda: f.read(piece_bytes), b"")):
+            (out / f"{path.name}.{i:02d}").write_bytes(chunk)
 
 
 def main() -> int:
@@ -143,8 +241,22 @@ def main() -> int:
     p.add_argument("--preset", default="cogview-4b", help="model of the 4B checks (tiny for a rehearsal)")
     p.add_argument("--budget", type=float, default=480, help="seconds for the whole session (default 480)")
     p.add_argument("--reserve", type=float, default=25, help="seconds kept back for packing (default 25)")
-    p.add_argument("--train-config", default="configs/default-t2i-continue4.json")
-    p.add_argument("--train-set", nargs="*", default=[], help="extra KEY=VALUE overrides of the stage")
+    p.add_argument(
+        "--train-config",
+        nargs="+",
+        default=["configs/default-t2i-continue4.json"],
+        help="training stages, run at the same time on the one GPU (default: a shapes text-to-image stage)",
+    )
+    p.add_argument("--train-set", nargs="*", default=[], help="extra KEY=VALUE overrides of every stage")
+    p.add_argument(
+        "--half", action="store_true", help="bring the trained weights back as float16 (half the bytes)"
+    )
+    p.add_argument(
+        "--piece-bytes",
+        type=int,
+        default=16_000_000,
+        help="stages.tar comes back in pieces of at most this many bytes (default 16 MB, the per-file limit)",
+    )
     p.add_argument("--max-train-steps", type=int, default=12000)
     p.add_argument(
         "--max-train-epochs",
@@ -153,7 +265,7 @@ def main() -> int:
         help="at most this many passes over the stage's data (default 3: 10 memorised the training images)",
     )
     p.add_argument("--work", default="/tmp/cogview-gpu-session", help="scratch folder of the training runs")
-    p.add_argument("--skip", nargs="*", default=[], choices=["fsdp", "decode", "default", "train"])
+    p.add_argument("--skip", nargs="*", default=[], choices=["engine", "fsdp", "decode", "default", "train"])
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     s = Session(args.out, args.budget)
@@ -170,6 +282,19 @@ def main() -> int:
         ],
         30,
     )
+    if "engine" not in args.skip:
+        eng = [
+            py,
+            "benchmarks/gpu_decode.py",
+            "--preset",
+            args.preset,
+            "--device",
+            args.device,
+            "--repeats",
+            "2",
+        ]
+        extra = ["--steps", "16", "--batch-sizes", "1", "4"] if tiny else ["--steps", "64"]
+        s.run("engine", [*eng, *extra, "--out", str(args.out / "gpu_decode.json")], 180)
     if "fsdp" not in args.skip:
         fsdp = [py, "benchmarks/gpu_fsdp_4b.py", "--preset", args.preset, "--device", args.device]
         s.run("fsdp_4b", [*fsdp, "--out", str(args.out / "gpu_fsdp_4b.json")], 150)
@@ -187,7 +312,7 @@ def main() -> int:
         extra = ["--batch", "2", "--dtypes", "float32"] if tiny else []
         s.run("default_model", [*dm, *extra, "--out", str(args.out / "gpu_default_model.json")], 120)
     if "train" not in args.skip:
-        train_stage(s, args, py)
+        train_stages(s, args, py)
     s.record["seconds"] = round(args.budget - s.left(), 1)
     s.save()
     return 0
