@@ -301,8 +301,9 @@ class Editor:
 def code_log_likelihoods(model: Any, tokens: torch.Tensor, codes: torch.Tensor, image: range) -> torch.Tensor:
     """``[C, S]`` teacher-forced ``log p(code_s | prompt, codes_<s)`` of each candidate's codes."""
     device = model.tok_embeddings.weight.device
-    seq = torch.cat([tokens.expand(codes.shape[0], -1), codes + image.start], dim=1).to(device)  # [C, L + S]
+    codes = codes.to(device)  # candidates come from the device's sampler, the prompt from the host
+    seq = torch.cat([tokens.to(device).expand(codes.shape[0], -1), codes + image.start], dim=1)  # [C, L + S]
     positions = torch.arange(seq.shape[1] - 1, device=device)
     L = tokens.numel()
     logits = model(seq[:, :-1], positions)[:, L - 1 :, image.start : image.stop].float()  # [C, S, K]
-    return logits.log_softmax(-1).gather(-1, codes.to(device)[..., None])[..., 0].cpu()  # [C, S]
+    return logits.log_softmax(-1).gather(-1, codes[..., None])[..., 0].cpu()  # [C, S]
