@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from cogview.datasets import checkers, digits, shapes
 from cogview.datasets.base import stable_int
 
-EMOJI_SETS = ("emoji-train", "emoji-test")
+EMOJI_SETS = ("emoji-train", "emoji-test", "emoji-train-tones")
 
 
 def alignment_prompts(
@@ -25,14 +25,18 @@ def alignment_prompts(
     """``n_prompts`` canonical prompts with the attributes an aligned image must show.
 
     emoji-train: the bare names of train emoji (recall), emoji-test: of the held-out skin-tone
-    variants (composition), each a seeded random draw; ``emoji_pool`` limits the draw to the
-    first emoji of the split (a model trained on a subset).
+    variants (composition), emoji-train-tones: of the train split's skin-tone variants (the pairs
+    a model saw: the control for emoji-test), each a seeded random draw; ``emoji_pool`` limits the
+    draw to the first emoji of the split (a model trained on a subset).
     """
     if dataset in EMOJI_SETS:
         from cogview.datasets import emoji
 
-        split = dataset.removeprefix("emoji-")
-        infos = list(emoji.load(split).infos)[:emoji_pool]
+        split = dataset.removeprefix("emoji-").removesuffix("-tones")
+        infos = list(emoji.load(split).infos)
+        if dataset.endswith("-tones"):
+            infos = [i for i in infos if i.tone is not None]
+        infos = infos[:emoji_pool]
         infos.sort(key=lambda info: stable_int("cogview-emoji-alignment", info.emoji))
         return [(emoji.canonical_caption(i.emoji, lang), i.attributes) for i in infos[:n_prompts]]
     if dataset == "shapes":
@@ -118,7 +122,13 @@ def headline(result: dict[str, Any]) -> float:
     """The single number the issues ask for: all shapes fields right, the digit right, the emoji
     recalled (train) or its base and tone right (held-out tone variants)."""
     acc = result["accuracy"]
-    key = {"shapes": "all", "digits": "digit", "emoji-train": "emoji", "emoji-test": "base_and_tone"}
+    key = {
+        "shapes": "all",
+        "digits": "digit",
+        "emoji-train": "emoji",
+        "emoji-test": "base_and_tone",
+        "emoji-train-tones": "base_and_tone",
+    }
     return acc[key[result["dataset"]]]
 
 

@@ -16,6 +16,9 @@ def test_emoji_prompts_are_bare_names_of_a_seeded_draw() -> None:
         assert prompt == emoji.canonical_caption(attrs["emoji"], "zh")
     test = alignment_prompts("emoji-test", "en", 300)
     assert len(test) == 300 and all(attrs["tone"] for _, attrs in test)
+    seen = alignment_prompts("emoji-train-tones", "en", 100)
+    train_tones = {i.emoji for i in emoji.load("train").infos if i.tone is not None}
+    assert len(seen) == 100 and {a["emoji"] for _, a in seen} <= train_tones
     pool = {info.emoji for info in list(emoji.load("train").infos)[:20]}
     assert {a["emoji"] for _, a in alignment_prompts("emoji-train", "en", 50, emoji_pool=20)} == pool
 
