@@ -5,7 +5,8 @@ For each bundled dataset (shapes, digits) and language (zh, en), canonical promp
 attributes are sampled with fixed seeds, and the project's checkers judge every image (shapes:
 colour, shape, background and position all right; digits: the classifier reads the prompted
 digit; emoji-train / emoji-test: the nearest OpenMoji render is the asked emoji / its base and
-skin tone; emoji-train-tones: the seen skin-tone pairs, the control for emoji-test). Prints a table, writes benchmarks/results/NAME.json and a PNG grid per setting.
+skin tone; emoji-train-tones: the seen skin-tone pairs, the control for emoji-test). Prints a
+table, writes benchmarks/results/NAME.json and a PNG grid per setting.
 A training run's transformer is measured with --transformer RUN/model and its tokenizers.
 By default it compares guidance 1 and 3 with one sample each; --as-shipped measures the model's
 own guidance scale and post-selection (best of N) instead.
