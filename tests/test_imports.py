@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -35,3 +36,22 @@ def test_the_lazy_names_still_resolve() -> None:
         "assert cogview.datasets.load is not None and 'shapes' in cogview.datasets.DATASET_NAMES\n"
     )
     assert set(_loaded_after(code)) >= set(HEAVY)
+
+
+def _openmp_settings(env_extra: dict[str, str]) -> tuple[str, str]:
+    """(OMP_WAIT_POLICY, GOMP_SPINCOUNT) after ``import cogview`` in a fresh interpreter."""
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    env.update(env_extra)
+    code = "import cogview, os, torch; print(os.environ.get('OMP_WAIT_POLICY'), os.environ.get('GOMP_SPINCOUNT'))"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert run.returncode == 0, run.stderr
+    policy, spin = run.stdout.strip().splitlines()[-1].split()
+    return policy, spin
+
+
+def test_openmp_spins_briefly_unless_the_user_chose() -> None:
+    # The default spin count made generation 3.6-5x slower beside another busy program
+    # (benchmarks/thread_contention.py); the user's own settings are kept.
+    assert _openmp_settings({}) == ("None", "10000")
+    assert _openmp_settings({"GOMP_SPINCOUNT": "5"}) == ("None", "5")
+    assert _openmp_settings({"OMP_WAIT_POLICY": "ACTIVE"}) == ("ACTIVE", "None")
