@@ -173,6 +173,8 @@ def half_weights(model_dir: Path) -> None:
 
 def train_stages(s: Session, args: argparse.Namespace, py: str) -> None:
     """Calibrate, fit the steps to the time left, train every stage at once, and pack the results."""
+    from cogview.training.checkpoint import latest_checkpoint
+
     work = Path(args.work)
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
@@ -202,20 +204,10 @@ def train_stages(s: Session, args: argparse.Namespace, py: str) -> None:
         for name in fitted:
             stage = work / name
             if not (stage / "model").is_dir():  # cut off: keep the last checkpoint's weights
-                ckpts = sorted(
-                    (stage / "checkpoints").glob("step_*"), key=lambda p: int(p.name.split("_")[1])
-                )
-                if not ckpts:
+                last = latest_checkpoint(stage)
+                if last is None:
                     continue
-                consolidate = [
-                    py,
-                    "-m",
-                    "cogview",
-                    "consolidate",
-                    str(ckpts[-1]),
-                    "--out",
-                    str(stage / "model"),
-                ]
+                consolidate = [py, "-m", "cogview", "consolidate", str(last), "--out", str(stage / "model")]
                 if s.run(f"{name}_consolidate", consolidate, 60) != 0:
                     continue
             if args.half:
