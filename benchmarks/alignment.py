@@ -63,6 +63,11 @@ def main() -> None:
     parser.add_argument(
         "--min-p", default=None, help="comma-separated min-p values to compare (default: the model's)"
     )
+    parser.add_argument(
+        "--negative-base",
+        action="store_true",
+        help="emoji skin-tone variants: the base emoji's bare name as the negative prompt",
+    )
     parser.add_argument("--name", default="alignment", help="file name stem of the JSON result")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
@@ -111,6 +116,7 @@ def main() -> None:
                     emoji_checker=emoji_checker,
                     emoji_pool=args.emoji_pool,
                     candidates=candidates,
+                    negative_base=args.negative_base,
                     **extra,
                 )
                 rows.append({**summary_row(result), "candidates": candidates, "min_p": min_p})
@@ -127,9 +133,9 @@ def main() -> None:
     report = {
         "command": "python benchmarks/alignment.py "
         + " ".join(
-            f"--{k.replace('_', '-')} {v}"
+            f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}")
             for k, v in vars(args).items()
-            if v is not None and k not in ("out", "as_shipped")
+            if v is not None and v is not False and k not in ("out", "as_shipped")
         ),
         "model": args.transformer or args.model or "shipped default",
         "seconds": time.perf_counter() - started,

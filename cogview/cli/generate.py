@@ -64,6 +64,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         progress=not args.no_progress,
         compile=args.compile,
+        negative_prompt=args.negative_prompt,
         **sampling_overrides(args),
     )
     records: list[dict[str, Any]] = []
@@ -132,6 +133,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=float,
         help="drop codes the conditional model finds less than MIN_P times as likely as its best; "
         "keeps strong guidance from promoting implausible codes; 0 = off (default: model's)",
+    )
+    p.add_argument(
+        "--negative-prompt",
+        metavar="TEXT",
+        help="what to steer away from, for every prompt: guidance's unconditional row draws TEXT "
+        "instead of the empty prompt (needs guidance on, which the shipped model's default is)",
     )
     p.add_argument(
         "--max-batch-size",

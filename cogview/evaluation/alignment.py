@@ -69,12 +69,15 @@ def evaluate_alignment(
     emoji_checker: checkers.EmojiChecker | None = None,
     emoji_pool: int | None = None,
     progress: bool = True,
+    negative_base: bool = False,
     **sampling: Any,
 ) -> dict[str, Any]:
     """Generate ``images_per_prompt`` images for each canonical prompt and score them.
 
     Seeds are ``seed + prompt index``, so two settings (e.g. with and without guidance) see the
-    same random streams. Returns accuracies per field and the images (for grids).
+    same random streams. ``negative_base``: a skin-tone variant's prompt gets its base emoji's
+    bare name as the negative prompt (guidance steers from the base toward the tone). Returns
+    accuracies per field and the images (for grids).
     """
     prompts = alignment_prompts(dataset, lang, n_prompts, emoji_pool)
     if dataset == "digits" and classifier is None:
@@ -85,8 +88,18 @@ def evaluate_alignment(
     images_out = []
     started = time.perf_counter()
     for k, (prompt, attrs) in enumerate(tqdm(prompts, desc=f"{dataset}/{lang}", disable=not progress)):
+        negative = {}
+        if negative_base and attrs.get("base"):
+            from cogview.datasets import emoji
+
+            negative["negative_prompt"] = emoji.canonical_caption(attrs["base"], lang)
         images = pipe.generate(
-            prompt, num_images=images_per_prompt, seed=seed + k, guidance_scale=guidance_scale, **sampling
+            prompt,
+            num_images=images_per_prompt,
+            seed=seed + k,
+            guidance_scale=guidance_scale,
+            **negative,
+            **sampling,
         )
         images_out.append((prompt, images))
         if dataset == "shapes":
@@ -106,6 +119,7 @@ def evaluate_alignment(
         "dataset": dataset,
         "lang": lang,
         "guidance_scale": guidance_scale,
+        **({"negative": "base"} if negative_base else {}),
         "images": total,
         "accuracy": {field: count / total for field, count in hits.items()},
         "seconds": time.perf_counter() - started,

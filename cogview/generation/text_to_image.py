@@ -80,6 +80,7 @@ class PromptResult:
     codes: torch.Tensor  # [N, h, w] VQ codes
     images: list[Image.Image]
     rerank: dict[str, Any] | None = None  # candidates' scores and which was kept, when reranked
+    negative_prompt: str | None = None  # guidance's unconditional text, when not the empty one
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able record (everything but the codes and images)."""
@@ -92,6 +93,7 @@ class PromptResult:
             "num_images": len(self.images),
             "prompt_tokens": self.prompt_tokens,
             "truncated": self.truncated,
+            **({"negative_prompt": self.negative_prompt} if self.negative_prompt else {}),
             **({"rerank": self.rerank} if self.rerank is not None else {}),
         }
 
@@ -166,9 +168,22 @@ class TextToImage(Components):
             )
         return self._layout_prefix(text), truncated
 
-    def uncond_tokens(self) -> torch.Tensor:
-        """The empty-text prompt ``[ROI1] [BASE] [BOI1]`` (caption dropout's rows in training)."""
-        return self._layout_prefix([])
+    def uncond_tokens(self, negative_prompt: str | None = None) -> torch.Tensor:
+        """Guidance's unconditional row: the empty-text prompt ``[ROI1] [BASE] [BOI1]`` (caption
+        dropout's rows in training), or a negative prompt's layout (None or blank: the empty one)."""
+        if negative_prompt is None or not negative_prompt.strip():
+            return self._layout_prefix([])
+        return self.prompt_tokens(negative_prompt)[0]
+
+    def check_negative(self, negative_prompt: str | None, settings: Sequence[SamplingConfig]) -> None:
+        """A negative prompt only acts through guidance: refuse it where guidance is off."""
+        if negative_prompt is not None:
+            check_text("negative_prompt", negative_prompt)
+            if negative_prompt.strip() and not all(s.guided for s in settings):
+                raise ValueError(
+                    "negative_prompt acts through classifier-free guidance, which is off "
+                    "(guidance_scale=1): set guidance_scale above 1, e.g. 1.5"
+                )
 
     def _layout_prefix(self, text: list[int]) -> torch.Tensor:
         g = self.image_tokenizer.grid_size
@@ -215,6 +230,7 @@ class TextToImage(Components):
         dtype: torch.dtype | str | None = None,
         progress: bool = False,
         compile: bool = False,
+        negative_prompt: str | None = None,
         **overrides: Any,
     ) -> list[PromptResult]:
         """Generate ``num_images`` per prompt.
@@ -224,6 +240,8 @@ class TextToImage(Components):
         ``min_p``) applied where not None. ``compile=True`` decodes with a fixed-shape step: captured
         in CUDA graphs on a GPU, else wrapped in ``torch.compile`` (batches padded to
         :data:`~cogview.generation.step.BATCH_BUCKETS`; the first call per bucket compiles).
+        ``negative_prompt`` replaces guidance's empty-text row, so that ``uncond + s * (cond -
+        uncond)`` steers away from what that text would draw (it needs ``guidance_scale`` != 1).
 
         Randomness: image i of a prompt samples from its own stream, seeded by :func:`image_seed`
         ``(seed, i)``, so the same prompt, seed and settings give the same images whatever the
@@ -244,6 +262,9 @@ class TextToImage(Components):
         encoded = [
             (p, *self.prompt_tokens(p), self.settings_for(p, sampling, **overrides)) for p in prompt_list
         ]
+        self.check_negative(negative_prompt, [settings for *_, settings in encoded])
+        uncond = self.uncond_tokens(negative_prompt)
+        negative = negative_prompt if negative_prompt and negative_prompt.strip() else None
         model = self.model_in(compute_dtype)
         step = self.step_for(model, compile)
         results = []
@@ -251,7 +272,7 @@ class TextToImage(Components):
         try:
             for prompt, tokens, truncated, settings in encoded:
                 seeds = [image_seed(seed, i) for i in range(num_images)]
-                codes = self._codes(model, step, tokens, settings, seeds, max_batch_size, bar)  # [N, h, w]
+                codes = self._codes(model, step, tokens, uncond, settings, seeds, max_batch_size, bar)
                 images = self._images(codes, max_batch_size)
                 results.append(
                     PromptResult(
@@ -264,6 +285,7 @@ class TextToImage(Components):
                         truncated=truncated,
                         codes=codes,
                         images=images,
+                        negative_prompt=negative,
                     )
                 )
         finally:
@@ -296,6 +318,7 @@ class TextToImage(Components):
         model: CogViewTransformer,
         step: DecodeStep,
         tokens: torch.Tensor,
+        uncond: torch.Tensor,
         settings: SamplingConfig,
         seeds: list[int],
         max_batch_size: int,
@@ -303,7 +326,7 @@ class TextToImage(Components):
     ) -> torch.Tensor:
         """``[N, h, w]`` codes: one prefill shared by every chunk, then chunked decoding."""
         steps = self.num_tokens
-        prompts = [tokens, self.uncond_tokens()] if settings.guided else [tokens]
+        prompts = [tokens, uncond] if settings.guided else [tokens]
         state = prefill(model, prompts, steps, pad_id=self.vocab.token_id("[PAD]"))
         uniforms = image_uniforms(seeds, steps)  # [N, steps]
 

@@ -41,6 +41,8 @@ class ImageWork:
     candidates: int
     previews: bool = False  # send partial images while decoding (streamed requests)
     selection: str = "caption"  # how post-selection scores the candidates (reranking.SELECTION_SCORES)
+    negative_prompt: str | None = None  # guidance's unconditional text (None: the empty prompt)
+    uncond: torch.Tensor | None = None  # [T'] its layout (None: the empty prompt's)
 
     @property
     def draws(self) -> int:
@@ -54,7 +56,7 @@ class ImageWork:
         """Draws ``[start, stop)`` (default: all) for :func:`decode_parts`; draw i is seeded by
         :func:`~cogview.generation.batching.image_seed` ``(seed, i)``, as in the library."""
         stop = self.draws if stop is None else stop
-        return Part(self.tokens, [image_seed(self.seed, i) for i in range(start, stop)])
+        return Part(self.tokens, [image_seed(self.seed, i) for i in range(start, stop)], self.uncond)
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,7 @@ class Part:
 
     tokens: torch.Tensor  # [T] ``[ROI1] text [BASE] [BOI1]``
     seeds: list[int]
+    uncond: torch.Tensor | None = None  # [T'] guidance's unconditional row (None: the empty prompt)
 
 
 @torch.inference_mode()
@@ -75,19 +78,24 @@ def decode_parts(
     """``[n, h, w]`` codes of each part's draws, decoded together; None for a part ``on_step``
     gave up on, and None instead of the list when it gave up on all of them.
 
-    Row layout (guided): the conditional rows of every draw, then as many unconditional rows,
-    the two groups :func:`~cogview.generation.decode.decode` combines row by row. A part given
+    Row layout (guided): the conditional rows of every draw, then as many unconditional rows
+    (each draw's part's negative prompt, else the shared empty prompt), the two groups
+    :func:`~cogview.generation.decode.decode` combines row by row. A part given
     up on leaves between two steps: the engine drops its rows, the other parts' codes stay those
     they would have been.
     """
     model = t2i.model_in(t2i.resolved_dtype(None))
     steps = t2i.num_tokens
-    prompts = [p.tokens for p in parts] + ([t2i.uncond_tokens()] if settings.guided else [])
-    state = prefill(model, prompts, steps, pad_id=t2i.vocab.token_id("[PAD]"))
+    prompts = [p.tokens for p in parts]
     owner = torch.tensor([i for i, p in enumerate(parts) for _ in p.seeds])  # [N] prompt row per draw
     N = owner.numel()
-    if settings.guided:
-        owner = torch.cat([owner, torch.full((N,), len(parts))])  # [2N]: then the empty prompt
+    if settings.guided:  # each distinct unconditional row is prefilled once
+        keys = [tuple((t2i.uncond_tokens() if p.uncond is None else p.uncond).tolist()) for p in parts]
+        unconds = {k: len(parts) + j for j, k in enumerate(dict.fromkeys(keys))}  # layout -> prompt row
+        prompts += [torch.tensor(k) for k in unconds]
+        row_of = [unconds[k] for k in keys]
+        owner = torch.cat([owner, torch.tensor([row_of[i] for i in owner.tolist()])])  # [2N]
+    state = prefill(model, prompts, steps, pad_id=t2i.vocab.token_id("[PAD]"))
     owner = owner.to(state.lengths.device)
     lengths = state.lengths[owner]  # [G*N]
     same = bool((lengths == lengths[0]).all())
@@ -193,6 +201,7 @@ def _pixels(pipeline: CogViewPipeline, work: ImageWork, codes: torch.Tensor) -> 
         image_seeds=[image_seed(work.seed, i) for i in range(work.draws)],
         prompt_tokens=work.tokens.tolist(),
         truncated=False,
+        negative_prompt=work.negative_prompt,
         codes=codes,
         # decoded in the library's chunks, so the pixels are those of cogview generate
         images=[

@@ -51,6 +51,11 @@ class Sampling(Request):
 
 class GenerateRequest(Sampling):
     prompt: Text
+    negative_prompt: str | None = Field(
+        None,
+        max_length=MAX_PROMPT_CHARS,
+        description="what to steer away from: guidance's unconditional text (needs guidance_scale > 1)",
+    )
     num_images: int = Field(4, ge=1, le=MAX_IMAGES)
     seed: Seed | None = None  # None: a random one, returned with the images
     guidance_scale: float | None = Field(None, ge=0, le=20)

@@ -97,15 +97,24 @@ class Service:
                 "shorten it"
             )
         tokens, _ = t2i.prompt_tokens(req.prompt)  # refuses an empty prompt
+        settings = t2i.settings_for(req.prompt, **req.sampling_overrides())
+        negative = req.negative_prompt if req.negative_prompt and req.negative_prompt.strip() else None
+        t2i.check_negative(negative, [settings])
+        if negative is not None and len(t2i.text_tokenizer.encode(negative)) > t2i.text_budget:
+            raise ValueError(
+                f"the negative prompt is longer than the {t2i.text_budget} text tokens this model reads: shorten it"
+            )
         return ImageWork(
             prompt=req.prompt,
             tokens=tokens,
-            settings=t2i.settings_for(req.prompt, **req.sampling_overrides()),
+            settings=settings,
             seed=random_seed() if req.seed is None else req.seed,
             num_images=req.num_images,
             candidates=candidates,
             previews=previews,
             selection=self.pipeline.selection if req.selection is None else req.selection,
+            negative_prompt=negative,
+            uncond=None if negative is None else t2i.uncond_tokens(negative),
         )
 
     @staticmethod

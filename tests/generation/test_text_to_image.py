@@ -110,6 +110,28 @@ def test_a_sampling_config_or_per_field_keywords_set_a_call(pipe: CogViewPipelin
         pipe.generate("a red circle", temprature=0.7)
 
 
+def test_a_negative_prompt_is_guidances_unconditional_row(pipe: CogViewPipeline) -> None:
+    t2i = pipe.text_to_image
+    assert torch.equal(t2i.uncond_tokens("a blue square"), t2i.prompt_tokens("a blue square")[0])
+    plain = t2i.run("a red circle", 3, seed=2, guidance_scale=3.0)[0]
+    assert plain.negative_prompt is None and "negative_prompt" not in plain.to_dict()
+    blank = t2i.run("a red circle", 3, seed=2, guidance_scale=3.0, negative_prompt=" ")[0]
+    assert torch.equal(blank.codes, plain.codes) and blank.negative_prompt is None  # the empty prompt
+    away = t2i.run("a red circle", 3, seed=2, guidance_scale=3.0, negative_prompt="a blue square")[0]
+    assert not torch.equal(away.codes, plain.codes)
+    assert away.to_dict()["negative_prompt"] == "a blue square"
+    # uncond + s * (cond - uncond) with the prompt itself as uncond is the conditional model alone
+    itself = t2i.run("a red circle", 3, seed=2, guidance_scale=3.0, negative_prompt="a red circle")[0]
+    assert torch.equal(itself.codes, t2i.run("a red circle", 3, seed=2, guidance_scale=1.0)[0].codes)
+    with pytest.raises(ValueError, match="guidance_scale above 1"):
+        t2i.run("a red circle", 1, seed=2, guidance_scale=1.0, negative_prompt="blue")
+    with pytest.raises(TypeError, match="negative_prompt must be a str"):
+        t2i.run("a red circle", 1, seed=2, negative_prompt=3)  # type: ignore[arg-type]
+    # post-selection keeps it
+    kept = pipe.generate_results("a red circle", 1, seed=2, negative_prompt="blue", candidates=1)[0]
+    assert kept.negative_prompt == "blue"
+
+
 def test_empty_and_over_long_prompts(pipe: CogViewPipeline) -> None:
     for bad in ("", "   \n"):
         with pytest.raises(ValueError, match="empty prompt"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 from pathlib import Path
 
 import pytest
@@ -93,6 +94,20 @@ def test_same_seed_gives_the_png_bytes_of_cogview_generate(
     args = ["generate", prompt, "-n", "2", "--seed", "7", "--model", str(tiny_model_dir)]
     assert main([*args, "--out", str(tmp_path), "--no-progress"]) == 0
     assert pngs(first) == [(tmp_path / f"000_00{i}.png").read_bytes() for i in range(2)]
+
+
+def test_a_negative_prompt_gives_the_png_bytes_of_cogview_generate(
+    client: TestClient, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    body = {"prompt": "a red circle", "num_images": 2, "seed": 3, "candidates": 1}
+    plain = client.post("/api/generate", json=body).json()
+    away = client.post("/api/generate", json={**body, "negative_prompt": "蓝色"}).json()
+    assert away["negative_prompt"] == "蓝色" and pngs(away) != pngs(plain)
+    args = ["generate", "a red circle", "-n", "2", "--seed", "3", "--candidates", "1", "--model", str(tiny_model_dir)]
+    assert main([*args, "--negative-prompt", "蓝色", "--out", str(tmp_path), "--no-progress"]) == 0
+    assert pngs(away) == [(tmp_path / f"000_00{i}.png").read_bytes() for i in range(2)]
+    record = json.loads((tmp_path / "generate.json").read_text(encoding="utf-8"))["prompts"][0]
+    assert record["negative_prompt"] == "蓝色"
 
 
 def test_a_random_seed_is_returned_json_safe_and_reproduces(client: TestClient) -> None:
@@ -228,6 +243,9 @@ BAD_INPUTS = [
         400,
         "text tokens long; this model reads at most 61: shorten it",
     ),
+    ("/api/generate", {"prompt": "a", "negative_prompt": "b", "guidance_scale": 1}, 400, "guidance_scale above 1"),
+    ("/api/generate", {"prompt": "a", "negative_prompt": "x" * 501}, 422, "at most 500 characters"),
+    ("/api/generate", {"prompt": "a", "negative_prompt": "x" * 500}, 400, "negative prompt is longer"),
     ("/api/generate", {"prompt": "a", "num_images": 0}, 422, "num_images"),
     (
         "/api/generate",

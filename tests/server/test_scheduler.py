@@ -113,8 +113,15 @@ def in_thread(fn: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]:
 
 
 BODIES = [
-    {"prompt": "a red circle on the left", "num_images": 1, "seed": 1, "candidates": 1},
-    {"prompt": "手写数字7", "num_images": 2, "seed": 2, "candidates": 1},
+    # Two negative prompts and the empty one: three unconditional rows in one batch.
+    {
+        "prompt": "a red circle on the left",
+        "num_images": 1,
+        "seed": 1,
+        "candidates": 1,
+        "negative_prompt": "blue",
+    },
+    {"prompt": "手写数字7", "num_images": 2, "seed": 2, "candidates": 1, "negative_prompt": "手写数字1"},
     {"prompt": "a blue square", "num_images": 1, "seed": 3, "candidates": 2},  # reranked
     {"prompt": "a blue square", "num_images": 2, "seed": 7, "candidates": 2},  # reranked with the one above
     {
@@ -153,6 +160,12 @@ def _concurrent_equals_sequential(pipe: CogViewPipeline) -> None:
         assert together == alone  # every field: images (PNG bytes), seeds, settings, rerank scores
     assert sequential[2][2]["rerank"]["candidates"] == 2
     assert sequential[2][2]["rerank"]["score"] == pipe.selection
+    assert sequential[0][2]["negative_prompt"] == "blue" and "negative_prompt" not in sequential[2][2]
+    # the library's images for the same request
+    library = pipe.generate(BODIES[1]["prompt"], 2, seed=2, candidates=1, negative_prompt="手写数字1")
+    assert [decode_png(im["png"]).tobytes() for im in sequential[1][2]["images"]] == [
+        im.tobytes() for im in library
+    ]
 
 
 def test_a_full_queue_is_503_with_retry_after_at_once(pipe: CogViewPipeline) -> None:
