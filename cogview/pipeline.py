@@ -29,6 +29,7 @@ from cogview.checks import check_device, positive_int, prompt_strings
 from cogview.data.sequences import DEFAULT_SR_WINDOW, LAYOUT_OVERHEAD, TASKS
 from cogview.generation.captioning import Captioner
 from cogview.generation.editing import Editor
+from cogview.generation.modifiers import Modifiers, modified_result
 from cogview.generation.original import (
     SEMANTICS,
     OriginalCaptioner,
@@ -251,6 +252,8 @@ class CogViewPipeline:
         self.caption_candidates = 1
         # How post-selection scores candidates (post_selection.score; set by from_pretrained).
         self.selection = "caption"
+        # Prompt modifiers drawn as base + code map (modifiers.json; set by from_pretrained).
+        self.modifiers: Modifiers | None = None
         if candidates > 1 and "image_to_text" not in jobs:
             raise ValueError(
                 f"post-selection (candidates={candidates}) needs an image_to_text job to score candidates; "
@@ -311,6 +314,7 @@ class CogViewPipeline:
         dtype: torch.dtype | str | None = None,
         generator: torch.Generator | None = None,
         progress: bool = False,
+        modifiers: bool = True,
         **overrides: Any,
     ) -> list[Image.Image]:
         """``num_images`` images per prompt (Chinese or English), in prompt order.
@@ -325,7 +329,7 @@ class CogViewPipeline:
         None takes the model's default (:attr:`candidates`), 1 switches it off. ``selection``
         ``"joint"`` adds the text-to-image model's own ``log p(image | prompt)`` to that score
         (:data:`~cogview.generation.reranking.SELECTION_SCORES`); None: the model's default
-        (:attr:`selection`).
+        (:attr:`selection`). ``modifiers``: see :meth:`generate_results`.
         """
         results = self.generate_results(
             prompt,
@@ -338,6 +342,7 @@ class CogViewPipeline:
             dtype=dtype,
             generator=generator,
             progress=progress,
+            modifiers=modifiers,
             **overrides,
         )
         return [im for r in results for im in r.images]
@@ -349,9 +354,25 @@ class CogViewPipeline:
         *,
         candidates: int | None = None,
         selection: str | None = None,
+        modifiers: bool = True,
         **kwargs: Any,
     ) -> list[PromptResult]:
-        """Like :meth:`generate`, with per-prompt records (seeds, settings, reranking scores)."""
+        """Like :meth:`generate`, with per-prompt records (seeds, settings, reranking scores).
+
+        A prompt holding a modifier phrase of the model's (``modifiers.json``, e.g. a skin tone) is
+        drawn without it and its codes are mapped (:mod:`cogview.generation.modifiers`); the
+        record names the modifier and the prompt drawn. ``modifiers=False`` draws every prompt as given.
+        """
+        asked = prompt_strings(prompt)
+        splits = [self.modifiers.split(p) if modifiers and self.modifiers else None for p in asked]
+        if any(splits):
+            drawn = [p if s is None else s.prompt for p, s in zip(asked, splits, strict=True)]
+            results = self.generate_results(drawn, num_images, candidates=candidates, selection=selection, modifiers=False, **kwargs)
+            decode = self.image_tokenizer.decode
+            return [
+                r if s is None else modified_result(r, s, p, decode)
+                for r, s, p in zip(results, splits, asked, strict=True)
+            ]
         t2i = self._job("text_to_image")
         candidates = self.candidates if candidates is None else _check_candidates(candidates)
         selection = self.selection if selection is None else check_selection(selection)
@@ -517,6 +538,8 @@ class CogViewPipeline:
         for job, folder in self.job_folders().items():
             if JOB_FOLDERS[job] == folder:
                 self.models[job].save_pretrained(directory / folder)
+        if self.modifiers is not None:
+            self.modifiers.save(directory)
         write_json(directory / PIPELINE_NAME, self.config())
 
     @classmethod
@@ -577,6 +600,10 @@ class CogViewPipeline:
         )
         pipe.caption_candidates = config.caption_candidates
         pipe.selection = config.selection
+        pipe.modifiers = Modifiers.load(folder)
+        if pipe.modifiers is not None:
+            grid, size = image_tokenizer.grid_size, image_tokenizer.codebook_size
+            pipe.modifiers.check_tokenizer(image_tokenizer.fingerprint, grid, size)
         return pipe if device is None else pipe.to(device)
 
     @classmethod

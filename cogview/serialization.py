@@ -77,12 +77,12 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
             os.unlink(tmp)
 
 
-def write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Write ``obj`` as indented UTF-8 JSON, atomically."""
+def write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> None:
+    """Write ``obj`` as UTF-8 JSON, atomically; indented unless ``indent`` is None (big tables)."""
 
     def _write(tmp: str) -> None:
         with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2, ensure_ascii=False, sort_keys=True)
+            json.dump(obj, f, indent=indent, ensure_ascii=False, sort_keys=True)
             f.write("\n")
 
     atomic_write(path, _write)

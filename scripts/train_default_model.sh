@@ -43,7 +43,9 @@
 #   STAGE=assemble  the model folder (scripts/assemble_emoji_model.py): the transformers of stages
 #            6gi, capgpu and 7b, best of 4 by the joint score, captions re-ranked from a beam of 8, the text
 #            tokenizer and the decoder-trained image tokenizer, weights in
-#            fp16, into DEST (default runs/emoji/assembled; cogview/assets/default is the shipped one)
+#            fp16, into DEST (default runs/emoji/assembled; cogview/assets/default is the shipped one),
+#            then the skin-tone modifiers learned from the train split's pairs (scripts/learn_modifiers.py,
+#            seconds; docs/generation.md, "Modifiers")
 #   probe    the recall probe: 200 emoji, 20 epochs, one core (configs/emoji-probe200.json)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -199,4 +201,5 @@ if run assemble; then
   "$PY" scripts/assemble_emoji_model.py --transformer "${T2I:-$OUT/emoji/t2i-soup/model}" \
     --caption "${CAPTION:-$OUT/emoji/caption-gpu/model}" --super-resolution "${SR:-$OUT/emoji/sr-more/model}" \
     --candidates 4 --selection joint --caption-candidates 8 --out "${DEST:-$OUT/emoji/assembled}"
+  "$PY" scripts/learn_modifiers.py --model "${DEST:-$OUT/emoji/assembled}"
 fi

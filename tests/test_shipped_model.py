@@ -3,6 +3,10 @@ shapes and digits (docs/default_model.md has the full measurements)."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -10,9 +14,10 @@ import torch
 from cogview import datasets
 from cogview.datasets import checkers, emoji, shapes
 from cogview.datasets.checkers import EmojiChecker
+from cogview.generation.modifiers import MODIFIERS_NAME
 from cogview.generation.reranking import caption_scores, likely_captions
 from cogview.images import psnr, to_tensor
-from cogview.pipeline import CogViewPipeline
+from cogview.pipeline import CogViewPipeline, default_model_path
 
 # Train emoji the tests ask for, by canonical name (fixed, so a test reads the same images each run).
 EMOJI = ("🍕", "🚀", "🦒", "🐱")
@@ -45,6 +50,41 @@ def test_shipped_model_draws_emoji_by_name(pipe: CogViewPipeline) -> None:
     images = [pipe.generate(prompt, seed=i)[0] for i, (_, prompt) in enumerate(asked)]
     right = sum(r["emoji"] for r in checker.check(images, [e for e, _ in asked]))
     assert right >= EMOJI_DRAWN, f"{right} of {len(asked)} emoji drawn (measured: 8)"
+
+
+# Held-out skin-tone variants (test split): the first six of benchmarks/alignment.py's draw.
+HELD_OUT_TONES = (
+    "🤸🏿\u200d♂️",
+    "💏🏿",
+    "🤵🏻\u200d♂️",
+    "🧑🏻\u200d🏭",
+    "🧎🏼\u200d➡️",
+    "🧑🏿\u200d❤️\u200d🧑🏻",
+)
+
+
+def test_shipped_modifiers_compose_held_out_skin_tones(pipe: CogViewPipeline) -> None:
+    """Base drawn, tone mapped in token space: measured 11 of 12 right, 5 without the modifiers."""
+    assert all(emoji.emoji_split(emoji.emoji_info(e)) == "test" for e in HELD_OUT_TONES)
+    checker = EmojiChecker.build()
+    asked = [(e, emoji.canonical_caption(e, lang)) for e in HELD_OUT_TONES for lang in ("zh", "en")]
+    targets = [e for e, _ in asked]
+    results = [pipe.generate_results(prompt, seed=i)[0] for i, (_, prompt) in enumerate(asked)]
+    assert all(r.modifier is not None for r in results)
+    right = sum(r["emoji"] for r in checker.check([r.images[0] for r in results], targets))
+    direct = [pipe.generate(prompt, seed=i, modifiers=False)[0] for i, (_, prompt) in enumerate(asked)]
+    alone = sum(r["emoji"] for r in checker.check(direct, targets))
+    assert right >= 10 and right - alone >= 4, (
+        f"{right} of 12 with modifiers, {alone} without (measured: 11, 5)"
+    )
+
+
+def test_shipped_modifiers_are_learned_from_the_train_split(tmp_path: Path) -> None:
+    """scripts/learn_modifiers.py writes the shipped modifiers.json again, byte for byte."""
+    script = Path(__file__).parents[1] / "scripts" / "learn_modifiers.py"
+    subprocess.run([sys.executable, str(script), "--out", str(tmp_path)], check=True, capture_output=True)
+    shipped = default_model_path() / MODIFIERS_NAME
+    assert (tmp_path / MODIFIERS_NAME).read_bytes() == shipped.read_bytes()
 
 
 def test_shipped_post_selection_keeps_the_asked_shape(pipe: CogViewPipeline) -> None:

@@ -65,6 +65,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         compile=args.compile,
         negative_prompt=args.negative_prompt,
+        modifiers=not args.no_modifiers,
         **sampling_overrides(args),
     )
     records: list[dict[str, Any]] = []
@@ -139,6 +140,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="TEXT",
         help="what to steer away from, for every prompt: guidance's unconditional row draws TEXT "
         "instead of the empty prompt (needs guidance on, which the shipped model's default is)",
+    )
+    p.add_argument(
+        "--no-modifiers",
+        action="store_true",
+        help="draw a prompt holding one of the model's modifier phrases (the shipped model: a skin tone, "
+        "e.g. 'waving hand dark skin tone') as given, instead of drawing its base and mapping the codes",
     )
     p.add_argument(
         "--max-batch-size",

@@ -81,6 +81,7 @@ class PromptResult:
     images: list[Image.Image]
     rerank: dict[str, Any] | None = None  # candidates' scores and which was kept, when reranked
     negative_prompt: str | None = None  # guidance's unconditional text, when not the empty one
+    modifier: dict[str, str] | None = None  # the modifier applied and the prompt drawn (generation.modifiers)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able record (everything but the codes and images)."""
@@ -94,6 +95,7 @@ class PromptResult:
             "prompt_tokens": self.prompt_tokens,
             "truncated": self.truncated,
             **({"negative_prompt": self.negative_prompt} if self.negative_prompt else {}),
+            **({"modifier": self.modifier} if self.modifier is not None else {}),
             **({"rerank": self.rerank} if self.rerank is not None else {}),
         }
 

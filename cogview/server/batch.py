@@ -18,6 +18,7 @@ import torch
 
 from cogview.generation.batching import image_seed, image_uniforms, run_chunked
 from cogview.generation.decode import Hooks, Rows, decode, prefill
+from cogview.generation.modifiers import Split, modified_result
 from cogview.generation.reranking import candidate_scores, rerank
 from cogview.generation.sampling import SamplingConfig
 from cogview.generation.text_to_image import DEFAULT_MAX_BATCH_SIZE, PromptResult, TextToImage, prompt_kind
@@ -43,6 +44,8 @@ class ImageWork:
     selection: str = "caption"  # how post-selection scores the candidates (reranking.SELECTION_SCORES)
     negative_prompt: str | None = None  # guidance's unconditional text (None: the empty prompt)
     uncond: torch.Tensor | None = None  # [T'] its layout (None: the empty prompt's)
+    split: Split | None = None  # the asked prompt's modifier: ``prompt`` is then the prompt drawn
+    asked: str | None = None  # with ``split``: the prompt as the client gave it
 
     @property
     def draws(self) -> int:
@@ -187,6 +190,9 @@ def finish_all(
         except Exception as e:
             for i in members:
                 results[i] = e
+    for i, (work, _) in enumerate(done):  # modifiers apply to the kept images, as in the library
+        if work.split is not None and isinstance(results[i], PromptResult):
+            results[i] = modified_result(results[i], work.split, work.asked, pipeline.image_tokenizer.decode)
     return results
 
 

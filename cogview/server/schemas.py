@@ -56,6 +56,11 @@ class GenerateRequest(Sampling):
         max_length=MAX_PROMPT_CHARS,
         description="what to steer away from: guidance's unconditional text (needs guidance_scale > 1)",
     )
+    modifiers: bool = Field(
+        True,
+        description="a prompt holding a modifier phrase of the model's (a skin tone) is drawn as its base "
+        "with the codes mapped; false: drawn as given",
+    )
     num_images: int = Field(4, ge=1, le=MAX_IMAGES)
     seed: Seed | None = None  # None: a random one, returned with the images
     guidance_scale: float | None = Field(None, ge=0, le=20)

@@ -96,8 +96,13 @@ class Service:
                 f"the prompt is {n_tokens} text tokens long; this model reads at most {t2i.text_budget}: "
                 "shorten it"
             )
-        tokens, _ = t2i.prompt_tokens(req.prompt)  # refuses an empty prompt
-        settings = t2i.settings_for(req.prompt, **req.sampling_overrides())
+        t2i.prompt_tokens(req.prompt)  # refuses an empty prompt
+        split = (
+            self.pipeline.modifiers.split(req.prompt) if req.modifiers and self.pipeline.modifiers else None
+        )
+        drawn = req.prompt if split is None else split.prompt
+        tokens, _ = t2i.prompt_tokens(drawn)
+        settings = t2i.settings_for(drawn, **req.sampling_overrides())
         negative = req.negative_prompt if req.negative_prompt and req.negative_prompt.strip() else None
         t2i.check_negative(negative, [settings])
         if negative is not None and len(t2i.text_tokenizer.encode(negative)) > t2i.text_budget:
@@ -105,7 +110,7 @@ class Service:
                 f"the negative prompt is longer than the {t2i.text_budget} text tokens this model reads: shorten it"
             )
         return ImageWork(
-            prompt=req.prompt,
+            prompt=drawn,
             tokens=tokens,
             settings=settings,
             seed=random_seed() if req.seed is None else req.seed,
@@ -115,6 +120,8 @@ class Service:
             selection=self.pipeline.selection if req.selection is None else req.selection,
             negative_prompt=negative,
             uncond=None if negative is None else t2i.uncond_tokens(negative),
+            split=split,
+            asked=None if split is None else req.prompt,
         )
 
     @staticmethod

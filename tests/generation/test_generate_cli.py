@@ -95,3 +95,25 @@ def test_clear_errors(model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFix
         assert main([*argv, "--out", str(tmp_path / "out"), "--no-progress"]) == 2, argv
         err = capsys.readouterr().err
         assert "cogview generate: error:" in err and message in err, (argv, err)
+
+
+def test_a_skin_tone_prompt_records_its_modifier_and_no_modifiers_draws_it_as_given(tmp_path: Path) -> None:
+    """The shipped model: its base drawn and mapped by default, as given with --no-modifiers (a
+    held-out pair, which the two draw differently)."""
+    args = [
+        "generate",
+        "kiss dark skin tone",
+        "-n",
+        "1",
+        "--seed",
+        "0",
+        "--candidates",
+        "1",
+        "--no-progress",
+    ]
+    assert main([*args, "--out", str(tmp_path / "m")]) == 0
+    assert main([*args, "--out", str(tmp_path / "d"), "--no-modifiers"]) == 0
+    mapped, direct = (json.loads((tmp_path / d / "generate.json").read_text())["prompts"][0] for d in "md")
+    assert mapped["modifier"] == {"name": "dark", "drawn_prompt": "kiss"} and "modifier" not in direct
+    assert mapped["prompt"] == direct["prompt"] == "kiss dark skin tone"
+    assert (tmp_path / "m" / "000_000.png").read_bytes() != (tmp_path / "d" / "000_000.png").read_bytes()

@@ -124,6 +124,8 @@ BODIES = [
     {"prompt": "手写数字7", "num_images": 2, "seed": 2, "candidates": 1, "negative_prompt": "手写数字1"},
     {"prompt": "a blue square", "num_images": 1, "seed": 3, "candidates": 2},  # reranked
     {"prompt": "a blue square", "num_images": 2, "seed": 7, "candidates": 2},  # reranked with the one above
+    # a skin-tone modifier: its base is drawn in the batch, reranked, then mapped
+    {"prompt": "waving hand dark skin tone", "num_images": 1, "seed": 5, "candidates": 2},
     {
         "prompt": "一个绿色三角形",
         "num_images": 1,
@@ -152,7 +154,7 @@ def _concurrent_equals_sequential(pipe: CogViewPipeline) -> None:
         for thread, _ in threads:
             thread.join(timeout=120)
         concurrent = [out[0] for _, out in threads]
-        # Four requests with the model's settings share one batch; the one at temperature 0.7 runs alone.
+        # Five requests with the model's settings share one batch; the one at temperature 0.7 runs alone.
         # The two of one prompt are post-selected in one scoring pass, with their scores alone.
         assert metric(url, "cogview_batch_occupancy_count") - batches == 2
     assert [s for s, _, _ in concurrent] == [200] * len(BODIES)
@@ -161,6 +163,11 @@ def _concurrent_equals_sequential(pipe: CogViewPipeline) -> None:
     assert sequential[2][2]["rerank"]["candidates"] == 2
     assert sequential[2][2]["rerank"]["score"] == pipe.selection
     assert sequential[0][2]["negative_prompt"] == "blue" and "negative_prompt" not in sequential[2][2]
+    toned = sequential[4][2]
+    assert toned["prompt"] == "waving hand dark skin tone" and "modifier" not in sequential[2][2]
+    assert toned["modifier"] == {"name": "dark", "drawn_prompt": "waving hand"}
+    library = pipe.generate("waving hand dark skin tone", 1, seed=5, candidates=2)
+    assert [decode_png(im["png"]).tobytes() for im in toned["images"]] == [im.tobytes() for im in library]
     # the library's images for the same request
     library = pipe.generate(BODIES[1]["prompt"], 2, seed=2, candidates=1, negative_prompt="手写数字1")
     assert [decode_png(im["png"]).tobytes() for im in sequential[1][2]["images"]] == [
