@@ -28,6 +28,9 @@ PROMPTS = (
     "a handwritten digit 7",
 )
 EMOJI_PROMPTS = ("披萨", "rocket", "熊猫", "giraffe", "彩虹", "red apple", "向日葵", "guitar")
+# Held-out skin-tone variants (test split; the first of benchmarks/alignment.py's draw), composed
+# by the model's modifiers: the base drawn, its codes mapped (docs/generation.md, "Modifiers").
+TONE_PROMPTS = ("男生侧手翻 较深肤色", "kiss dark skin tone")
 
 
 def main() -> None:
@@ -47,7 +50,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
-    prompts = PROMPTS if args.no_emoji else EMOJI_PROMPTS + PROMPTS
+    prompts = PROMPTS if args.no_emoji else EMOJI_PROMPTS + TONE_PROMPTS + PROMPTS
     rows = [im for k, p in enumerate(prompts) for im in pipe.generate(p, args.per_prompt, seed=100 + k)]
     make_grid(rows, columns=args.per_prompt, scale=3).save(out / "readme_text_to_image.png")
     print("Text-to-image, one row per prompt:", " / ".join(f"`{p}`" for p in prompts))
