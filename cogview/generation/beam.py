@@ -8,8 +8,9 @@ ids, renormalised), so its best text is at least as likely as the greedy one, an
 finished beams are candidates for re-ranking (:func:`~cogview.generation.reranking.best_captions`).
 
 Each step feeds one token per beam through :class:`~cogview.generation.step.DecodeStep` and keeps
-each surviving beam's cache row (``KVCache.select``); the bookkeeping of which beams survive is on
-the host, once per step: beams serve short texts (captions), not 64-code images.
+each surviving beam's cache row (``KVCache.select``); a prompt whose search is over leaves the
+cache, so a batch's later steps cost only its open prompts. The bookkeeping of which beams
+survive is on the host, once per step: beams serve short texts (captions), not 64-code images.
 """
 
 from __future__ import annotations
@@ -86,17 +87,18 @@ def beam_search(
     texts: list[list[tuple[int, ...]]] = [[()] * width for _ in range(P)]
     finished: list[list[Hypothesis]] = [[] for _ in range(P)]
     done = [False] * P
+    active = list(range(P))  # the prompts whose beams the cache holds, in its row order
     base = int(state.lengths[0])
     for i in range(steps):
-        logp = _log_probs(logits, first if i == 0 else allowed).view(P, width, V)
-        total = (scores[..., None] + logp).view(P, width * V)  # [P, W*V]
+        A = len(active)
+        logp = _log_probs(logits, first if i == 0 else allowed).view(A, width, V)
+        total = (scores[..., None] + logp).view(A, width * V)  # [A, W*V]
         best, index = total.topk(min(2 * width, width * V), dim=-1)  # enough to refill after stops
-        parents = torch.zeros(P, width, dtype=torch.long)
-        tokens = torch.full((P, width), stop_id, dtype=torch.long)
-        new_scores = torch.full((P, width), NEG_INF)
-        for p, (vals, idx) in enumerate(zip(best.tolist(), index.tolist(), strict=True)):
-            if done[p]:
-                continue
+        parents = torch.zeros(A, width, dtype=torch.long)
+        tokens = torch.full((A, width), stop_id, dtype=torch.long)
+        new_scores = torch.full((A, width), NEG_INF)
+        for a, (vals, idx) in enumerate(zip(best.tolist(), index.tolist(), strict=True)):
+            p = active[a]
             kept = 0
             for value, flat in zip(vals, idx, strict=True):
                 if value == NEG_INF or kept == width:
@@ -106,21 +108,22 @@ def beam_search(
                     text = texts[p][beam] if token == stop_id else (*texts[p][beam], token)
                     finished[p].append(Hypothesis(text, value))
                     continue
-                parents[p, kept], tokens[p, kept], new_scores[p, kept] = beam, token, value
+                parents[a, kept], tokens[a, kept], new_scores[a, kept] = beam, token, value
                 kept += 1
             finished[p] = sorted(finished[p], key=lambda h: -h.score)[:width]
             worst = finished[p][-1].score if len(finished[p]) == width else NEG_INF
-            if kept == 0 or float(new_scores[p, 0]) <= worst:
+            if kept == 0 or float(new_scores[a, 0]) <= worst:
                 done[p] = True
-                new_scores[p] = NEG_INF
-            texts[p] = [(*texts[p][int(b)], int(t)) for b, t in zip(parents[p], tokens[p], strict=True)]
+            texts[p] = [(*texts[p][int(b)], int(t)) for b, t in zip(parents[a], tokens[a], strict=True)]
         if all(done) or i == steps - 1:
             break
-        rows = (parents + torch.arange(P)[:, None] * width).flatten()  # [P*W] parent rows
-        cache = cache.select(rows)
-        scores = new_scores.to(device)
+        # A finished prompt's rows leave the cache: the next steps feed only the open prompts' beams.
+        keep = [a for a, p in enumerate(active) if not done[p]]
+        rows = (parents[keep] + torch.tensor(keep)[:, None] * width).flatten()  # [A'*W] parent rows
+        cache = cache.select(rows.to(device))
+        scores = new_scores[keep].to(device)
+        active = [active[a] for a in keep]
         slots = torch.tensor([base + i], device=device)
-        logits = step(cache, tokens.flatten().to(device)[:, None], slots, state.inputs, kv_len=base + i + 1)[
-            :, -1
-        ]
+        fed = tokens[keep].flatten().to(device)[:, None]  # [A'*W, 1]
+        logits = step(cache, fed, slots, state.inputs, kv_len=base + i + 1)[:, -1]
     return finished

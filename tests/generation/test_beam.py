@@ -10,7 +10,7 @@ from PIL import Image
 from small_parts import small_text_tokenizer
 
 from cogview.generation.beam import beam_search
-from cogview.generation.decode import prefill
+from cogview.generation.decode import DecodeStep, prefill
 from cogview.generation.reranking import (
     CAPTION_CANDIDATE_LOG_RATIO,
     best_captions,
@@ -149,3 +149,30 @@ def test_caption_candidates_are_the_beam_re_ranked_or_samples_when_asked(pipe, i
     greedy = pipe.caption(images, "en", max_tokens=5)
     for i in range(len(images)):
         assert sampled[i] in {greedy[i], *drawn[3 * i : 3 * i + 3]}
+
+
+def test_a_prompt_whose_search_is_over_leaves_the_batch(pipe, images) -> None:
+    """Prompt 0 is pushed to stop at its second step; the later steps feed only the other two
+    prompts' beams, whose texts stay the textbook search's."""
+    cap, width = pipe.captioner, 3
+    allowed = cap.allowed("en")
+    first = allowed.clone()
+    first[cap.end] = False
+    prefixes = cap.prefix(cap.codes(images))
+    inner, fed_rows = DecodeStep(cap.transformer), []
+
+    def step(cache, tokens, slots, inputs, kv_len):
+        logits = inner(cache, tokens, slots, inputs, kv_len=kv_len)
+        fed_rows.append(logits.shape[0])
+        if logits.shape[0] == len(images) * width:  # prompt 0's beams are the first rows
+            logits = logits.clone()
+            logits[:width, -1, cap.end] += 100.0
+        return logits
+
+    state = prefill(cap.transformer, prefixes, 6)
+    found = beam_search(cap.transformer, state, width, 6, allowed, cap.end, first_allowed=first, step=step)
+    assert fed_rows[0] == 3 * width and fed_rows[1:] and set(fed_rows[1:]) == {2 * width}
+    assert all(len(h.ids) == 1 for h in found[0])  # one token, then the stop
+    for prefix, hyps in zip(prefixes[1:], found[1:], strict=True):
+        want = plain_beam(cap.transformer, prefix, width, 6, allowed, first, cap.end)
+        assert [h.ids for h in hyps] == [ids for ids, _ in want]
