@@ -399,7 +399,11 @@ class Scheduler:
             return
         t2i = self.pipeline.text_to_image
         assert t2i is not None
-        pixels = preview_pixels(t2i, codes[[w[2] for w in wanted]], rows)  # [M, 3, H, W]
+        shown = codes[[w[2] for w in wanted]]  # [M, h, w]
+        for k, (piece, _, _) in enumerate(wanted):  # a modified prompt shows its modifier at once
+            if piece.work.split is not None:
+                shown[k] = piece.work.split.modifier.apply(shown[k])
+        pixels = preview_pixels(t2i, shown, rows)  # [M, 3, H, W]
         pngs = encode_images(to_pil(pixels))
         for piece in {w[0] for w in wanted}:
             images = [

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from typing import Any
 from urllib.parse import urlsplit
 
+import numpy as np
 import pytest
 from required import skip_or_fail
 
@@ -297,3 +298,20 @@ def test_the_stream_shows_progress_and_previews_then_the_json_result(pipe: CogVi
         ]:
             assert metric(url, name) >= least, name
         assert metric(url, "cogview_queue_depth") == 0
+
+
+def test_a_modified_prompt_streams_previews_with_its_modifier(pipe: CogViewPipeline) -> None:
+    """Previews of a skin-tone prompt show the tone already: nearer the final image than the base."""
+    body = {"prompt": "kiss dark skin tone", "num_images": 1, "seed": 3, "candidates": 1}
+    with serving(pipe) as (url, _):
+        connection, reply = open_stream(url, body)
+        streamed = list(events(reply))
+        connection.close()
+    result = streamed[-1][1]
+    assert result["modifier"] == {"name": "dark", "drawn_prompt": "kiss"}
+    last = [d for k, d in streamed if k == "preview"][-1]
+    top = 32 * (last["rows"] - 1) // grid(pipe)  # pixel rows away from the preview's grey edge
+    shown = np.asarray(decode_png(last["images"][0]["png"]), dtype=float)[:top]
+    final = np.asarray(decode_png(result["images"][0]["png"]), dtype=float)[:top]
+    base = np.asarray(pipe.generate("kiss", 1, seed=3, candidates=1)[0], dtype=float)[:top]
+    assert np.abs(shown - final).mean() < 0.5 * np.abs(shown - base).mean()
