@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import argparse
 from collections import defaultdict
+from pathlib import Path
 
 import torch
 
 from cogview.datasets import emoji
 from cogview.generation.modifiers import Modifiers, learn
 from cogview.pipeline import default_model_path
+from cogview.serialization import CheckpointError
 from cogview.tokenizers.image import ImageTokenizer
 
 
@@ -53,7 +55,12 @@ def main() -> None:
     args = parser.parse_args()
     folder = default_model_path() if args.model is None else args.model
     out = folder if args.out is None else args.out
-    tokenizer = ImageTokenizer.from_pretrained(f"{folder}/image_tokenizer")
+    if Path(out).exists() and not Path(out).is_dir():
+        parser.error(f"--out {out} is a file; it names the folder to write modifiers.json into")
+    try:
+        tokenizer = ImageTokenizer.from_pretrained(Path(folder) / "image_tokenizer")
+    except CheckpointError as e:
+        parser.error(f"--model {folder}: {e}")
     variants = [i for i in emoji.load("train").infos if i.tone is not None]
     bases = sorted({i.base for i in variants})
     base_codes = dict(zip(bases, encode(tokenizer, bases, tokenizer.image_size), strict=True))

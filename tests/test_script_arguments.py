@@ -38,3 +38,12 @@ def test_captioning_benchmark_refuses_beams_with_candidates(tmp_path: Path) -> N
     done = _run("benchmarks/captioning.py", "--beams", "4", "--candidates", "8", "--out", str(out))
     assert done.returncode == 2 and "leave --candidates out" in done.stderr, done.stderr
     assert not out.exists()
+
+
+def test_learning_modifiers_refuses_a_missing_model_or_a_file_as_its_out_folder(tmp_path: Path) -> None:
+    done = _run("scripts/learn_modifiers.py", "--model", str(tmp_path / "none"), "--out", str(tmp_path))
+    assert done.returncode == 2 and "--model" in done.stderr and "Traceback" not in done.stderr, done.stderr
+    (tmp_path / "file").write_text("x")
+    done = _run("scripts/learn_modifiers.py", "--out", str(tmp_path / "file"))
+    assert done.returncode == 2 and "is a file" in done.stderr, done.stderr
+    assert not (tmp_path / "modifiers.json").exists()
