@@ -2,9 +2,10 @@
 
 Run:  .venv/bin/python scripts/learn_modifiers.py [--model FOLDER]   (default: the shipped model)
 Each train skin-tone variant and its base are drawn as the dataset draws them and encoded with
-the folder's image tokenizer; every tone (and two-person tone pair) gets the code map of
-:func:`cogview.generation.modifiers.learn`, with its Chinese and English phrases as they appear
-in the emoji's names. The test split is never read. Needs the [emoji] extra.
+the folder's image tokenizer; every tone gets the code map of
+:func:`cogview.generation.modifiers.learn`, and every two-person tone pair is a compound of two
+tones (:func:`~cogview.generation.modifiers.learn_compounds`), each with its Chinese and English
+phrases as they appear in the emoji's names. The test split is never read. Needs the [emoji] extra.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 import torch
 
 from cogview.datasets import emoji
-from cogview.generation.modifiers import Modifiers, learn
+from cogview.generation.modifiers import Modifiers, learn, learn_compounds
 from cogview.pipeline import default_model_path
 from cogview.serialization import CheckpointError
 from cogview.tokenizers.image import ImageTokenizer
@@ -70,16 +71,22 @@ def main() -> None:
     for info, codes in zip(variants, variant_codes, strict=True):
         phrases.setdefault(info.tone, tone_phrases(info))
         pairs[info.tone].append((base_codes[info.base], codes))
+    singles = {tone: learn(tone, phrases[tone], pairs[tone]) for tone in sorted(pairs) if "/" not in tone}
+    two = [t for t in sorted(pairs) if "/" in t]  # two people's tones: the parts' maps, cell by cell
+    compounds = learn_compounds([(t, phrases[t], [singles[p] for p in t.split("/")], pairs[t]) for t in two])
     modifiers = Modifiers(
-        [learn(tone, phrases[tone], pairs[tone]) for tone in sorted(pairs)],
-        tokenizer.grid_size,
-        tokenizer.codebook_size,
-        tokenizer.fingerprint,
+        [*singles.values(), *compounds], tokenizer.grid_size, tokenizer.codebook_size, tokenizer.fingerprint
     )
     modifiers.save(out)
-    for m in modifiers.modifiers:
+    for m in singles.values():
         entries = f"{len(m.by_neighbours):5d} neighbourhood + {len(m.by_position):4d} cell + {len(m.by_code):4d} code"
-        print(f"{m.name:>26} {m.pairs:4d} pairs  {entries} entries  {m.phrases['en']} / {m.phrases['zh']}")
+        print(f"{m.name:>12} {m.pairs:4d} pairs  {entries} entries  {m.phrases['en']} / {m.phrases['zh']}")
+    if compounds:
+        first = sum(k == 0 for k in compounds[0].part_of)
+        print(
+            f"{len(compounds)} two-tone compounds ({sum(c.pairs for c in compounds)} pairs): {first} of "
+            f"{len(compounds[0].part_of)} cells take the first person's tone"
+        )
     print(f"wrote {out}/modifiers.json: {len(modifiers)} modifiers from {len(variants)} train variants")
 
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from small_parts import small_text_tokenizer
 
-from cogview.generation.modifiers import MODIFIERS_NAME, Modifier, Modifiers, learn
+from cogview.generation.modifiers import MODIFIERS_NAME, Compound, Modifier, Modifiers, learn, learn_compounds
 from cogview.generation.sampling import SamplingConfig
 from cogview.model import PRESETS, CogViewTransformer
 from cogview.pipeline import CogViewPipeline
@@ -62,14 +62,35 @@ def test_ties_go_to_the_smaller_code() -> None:
     assert m.by_code == {1: 2} and m.by_position == {}
 
 
+def test_a_compound_learns_which_cells_follow_which_part() -> None:
+    """Two people, left and right: the left column follows part 0, the right column part 1."""
+    a = Modifier("a", {"en": "a"}, {}, {5: 1})
+    b = Modifier("b", {"en": "b"}, {}, {5: 2})
+    ab = [pair([5, 5, 5, 5], [1, 2, 1, 2]), pair([5, 5, 0, 5], [1, 2, 0, 2])]
+    ba = [pair([5, 5, 5, 5], [2, 1, 2, 1])]  # another compound, parts the other way round
+    [c_ab, c_ba] = learn_compounds([("a/b", {"en": "a b"}, [a, b], ab), ("b/a", {"en": "b a"}, [b, a], ba)])
+    assert c_ab.part_of == c_ba.part_of == (0, 1, 0, 1) and (c_ab.pairs, c_ba.pairs) == (2, 1)
+    assert c_ab.apply(torch.tensor([[[5, 5], [5, 3]]])).tolist() == [[[1, 2], [1, 3]]]
+    assert c_ba.apply(torch.tensor([[5, 5], [5, 5]])).tolist() == [[2, 1], [2, 1]]
+    # a neighbourhood its own pairs showed takes their code: the seen pair is recalled
+    [odd] = learn_compounds([("a/b", {"en": "a b"}, [a, b], [pair([5, 5, 5, 5], [1, 2, 9, 2])])])
+    assert odd.own[(5, 5, -1, 5, -1)] == 9  # (code, up, left, right, down) of cell (1, 0)
+    assert odd.apply(torch.tensor([[5, 5], [5, 5]])).tolist() == [[1, 2], [9, 2]]
+    assert odd.apply(torch.tensor([[5, 5], [5, 4]])).tolist() == [[1, 2], [1, 4]]  # unseen: its part's
+    with pytest.raises(ValueError, match="covers 4 cells"):
+        c_ab.apply(torch.zeros(3, 3, dtype=torch.long))
+    with pytest.raises(ValueError, match="2\\+ parts"):
+        learn_compounds([("a", {}, [a], ab)])
+
+
 def modifiers() -> Modifiers:
     dark = Modifier(
         "dark", {"en": "dark skin tone", "zh": "较深肤色"}, {(3, 5): 9}, {5: 7}, 4, {(5, -1, 1, 2, 3): 4}
     )
-    both = Modifier(
-        "light/dark", {"en": "light skin tone dark skin tone", "zh": "较浅肤色较深肤色"}, {}, {5: 1}, 2
-    )
-    return Modifiers([dark, both], grid_size=2, codebook_size=16, fingerprint="f")
+    light = Modifier("light", {"en": "light skin tone", "zh": "较浅肤色"}, {}, {5: 1}, 3)
+    phrases = {"en": "light skin tone dark skin tone", "zh": "较浅肤色较深肤色"}
+    both = Compound("light/dark", phrases, (light, dark), (0, 1, 0, 1), 2)
+    return Modifiers([dark, light, both], grid_size=2, codebook_size=16, fingerprint="f")
 
 
 @pytest.mark.parametrize(
@@ -120,6 +141,18 @@ def test_storage_round_trips_and_refuses_bad_files(tmp_path: Path) -> None:
         with pytest.raises(CheckpointError, match="invalid"):
             Modifiers.from_dict(data)
             pytest.fail(f"accepted a {what}")
+    bad_compounds = {
+        "a missing part": {"parts": ["dark", "nobody"]},
+        "one part": {"parts": ["dark"], "part_of": [0, 0, 0, 0]},
+        "a part index past the parts": {"part_of": [0, 1, 2, 0]},
+        "too few cells": {"part_of": [0, 1, 0]},
+    }
+    for what, change in bad_compounds.items():
+        data = json.loads(json.dumps(good))
+        data["modifiers"][2].update(change)
+        with pytest.raises(CheckpointError, match="invalid"):
+            Modifiers.from_dict(data)
+            pytest.fail(f"accepted {what}")
     with pytest.raises(CheckpointError, match="format"):
         Modifiers.from_dict({**good, "version": 2})
     with pytest.raises(CheckpointError, match="invalid"):
