@@ -124,32 +124,25 @@ def test_storage_round_trips_and_refuses_bad_files(tmp_path: Path) -> None:
     assert loaded is not None and loaded.to_dict() == mods.to_dict()
     assert Modifiers.load(tmp_path / "nothing") is None
     good = json.loads((tmp_path / MODIFIERS_NAME).read_text())
-    bad_entries = {
-        "code past the codebook": {"by_code": [[5, 16]]},
-        "cell past the grid": {"by_position": [[4, 5, 9]]},
-        "negative code": {"by_code": [[-1, 2]]},
-        "bool code": {"by_code": [[True, 2]]},
-        "string code": {"by_code": [["5", 2]]},
-        "short cell entry": {"by_position": [[3, 5]]},
-        "short neighbourhood": {"by_neighbours": [[5, 1, 2, 3, 9]]},
-        "neighbour below -1": {"by_neighbours": [[5, -2, 1, 2, 3, 9]]},
-        "phrase not text": {"phrases": {"en": 3}},
-    }
-    for what, change in bad_entries.items():
+    bad = [  # (which entry: 0 is a tone's maps, 2 a compound; what is wrong; the change)
+        (0, "code past the codebook", {"by_code": [[5, 16]]}),
+        (0, "cell past the grid", {"by_position": [[4, 5, 9]]}),
+        (0, "negative code", {"by_code": [[-1, 2]]}),
+        (0, "bool code", {"by_code": [[True, 2]]}),
+        (0, "string code", {"by_code": [["5", 2]]}),
+        (0, "short cell entry", {"by_position": [[3, 5]]}),
+        (0, "short neighbourhood", {"by_neighbours": [[5, 1, 2, 3, 9]]}),
+        (0, "neighbour below -1", {"by_neighbours": [[5, -2, 1, 2, 3, 9]]}),
+        (0, "phrase not text", {"phrases": {"en": 3}}),
+        (2, "a missing part", {"parts": ["dark", "nobody"]}),
+        (2, "one part", {"parts": ["dark"], "part_of": [0, 0, 0, 0]}),
+        (2, "a part index past the parts", {"part_of": [0, 1, 2, 0]}),
+        (2, "too few cells", {"part_of": [0, 1, 0]}),
+        (2, "a code past the codebook in its own map", {"own": [[5, 1, 2, 3, 4, 16]]}),
+    ]
+    for index, what, change in bad:
         data = json.loads(json.dumps(good))
-        data["modifiers"][0].update(change)
-        with pytest.raises(CheckpointError, match="invalid"):
-            Modifiers.from_dict(data)
-            pytest.fail(f"accepted a {what}")
-    bad_compounds = {
-        "a missing part": {"parts": ["dark", "nobody"]},
-        "one part": {"parts": ["dark"], "part_of": [0, 0, 0, 0]},
-        "a part index past the parts": {"part_of": [0, 1, 2, 0]},
-        "too few cells": {"part_of": [0, 1, 0]},
-    }
-    for what, change in bad_compounds.items():
-        data = json.loads(json.dumps(good))
-        data["modifiers"][2].update(change)
+        data["modifiers"][index].update(change)
         with pytest.raises(CheckpointError, match="invalid"):
             Modifiers.from_dict(data)
             pytest.fail(f"accepted {what}")
