@@ -246,6 +246,7 @@ BAD_INPUTS = [
     ("/api/generate", {"prompt": "a", "negative_prompt": "b", "guidance_scale": 1}, 400, "guidance_scale above 1"),
     ("/api/generate", {"prompt": "a", "negative_prompt": "x" * 501}, 422, "at most 500 characters"),
     ("/api/generate", {"prompt": "a", "negative_prompt": "x" * 500}, 400, "negative prompt is longer"),
+    ("/api/generate", {"prompt": "a", "modifiers": "yes"}, 422, "modifiers: Input should be a valid boolean"),
     ("/api/generate", {"prompt": "a", "num_images": 0}, 422, "num_images"),
     (
         "/api/generate",
