@@ -5,12 +5,12 @@ Why: Unicode draws a skin tone as a *modifier* of a base emoji (U+1F3FB-U+1F3FF)
 The shipped transformer recalls the (base, tone) pairs it saw but does not compose unseen ones
 (held-out pairs 17%, docs/emoji_model.md), while the image tokenizer's codes do compose: which
 code a cell of the base becomes under a tone is nearly a function of the code, its position and
-the tone. So a prompt ending in a modifier phrase is drawn without it, and each code of the
+the tone. So a prompt holding a modifier phrase is drawn without it, and each code of the
 drawn image is mapped. The map of a modifier is learned from (base codes, variant codes) pairs
 of the training split: the variant's most frequent code per (code, its four neighbours), falling
 back to per (position, code), then per code, then the code itself. On clean renders of the
 held-out pairs the chain maps 73.7% to the right emoji (position and code alone: 73.1%; seen
-pairs 96% against 91.5%).
+pairs 96% against 91.5%). Two people's tones are :class:`Compound` s of two tones' maps.
 
 Stored as ``modifiers.json`` in a model folder (JSON: no code runs on load), tied to the image
 tokenizer by its fingerprint.
@@ -40,7 +40,7 @@ class Modifier:
     """One modifier: its phrases per language and its code map.
 
     Attributes:
-        name: the modifier's key, e.g. ``"medium-dark"`` or ``"light/dark"``.
+        name: the modifier's key, e.g. ``"medium-dark"``.
         phrases: ``{"en": "medium-dark skin tone", "zh": "中等深肤色"}``; a prompt holding one is modified.
         by_position: ``{(position, code): new code}`` where it differs from ``by_code``'s answer.
         by_code: ``{code: new code}`` where it differs from the code.
