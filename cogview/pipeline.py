@@ -527,9 +527,10 @@ class CogViewPipeline:
         """The contents of ``pipeline.json``."""
         return self.pipeline_config().to_dict()
 
-    def save_pretrained(self, directory: str | os.PathLike) -> None:
+    def save_pretrained(self, directory: str | os.PathLike, max_shard_bytes: int | None = None) -> None:
         """Write ``text_tokenizer/``, ``image_tokenizer/``, one folder per distinct transformer and
-        ``pipeline.json`` (last: a folder holding it is complete)."""
+        ``pipeline.json`` (last: a folder holding it is complete). ``max_shard_bytes``: a
+        transformer's weights larger than that are saved in shards with an index."""
         directory = Path(directory)
         if directory.exists() and not directory.is_dir():
             raise ValueError(f"{directory} is a file; save_pretrained needs a folder path")
@@ -537,7 +538,7 @@ class CogViewPipeline:
         self.image_tokenizer.save_pretrained(directory / IMAGE_TOKENIZER_DIR)
         for job, folder in self.job_folders().items():
             if JOB_FOLDERS[job] == folder:
-                self.models[job].save_pretrained(directory / folder)
+                self.models[job].save_pretrained(directory / folder, max_shard_bytes=max_shard_bytes)
         if self.modifiers is not None:
             self.modifiers.save(directory)
         write_json(directory / PIPELINE_NAME, self.config())

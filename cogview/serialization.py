@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Mapping
@@ -150,11 +151,117 @@ def load_into(module: torch.nn.Module, path: str | os.PathLike, *, buffers: bool
 
     Works for modules built on the meta device: tensors are assigned, not copied.
     """
-    found = load_weights(path)
+    assign_weights(module, load_weights(path), str(path))
+
+
+def assign_weights(module: torch.nn.Module, found: Mapping[str, torch.Tensor], source: str) -> None:
+    """Strictly load ``found`` into ``module`` (keys and shapes checked first against ``source``)."""
     expected = module.state_dict()
-    check_state_dict(expected, found, str(path))
+    check_state_dict(expected, found, source)
     on_meta = any(t.is_meta for t in expected.values())
     found = {
         k: v.to(expected[k].dtype) if expected[k].dtype.is_floating_point else v for k, v in found.items()
     }
     module.load_state_dict(found, strict=True, assign=on_meta)
+
+
+# --- a folder's weights: one file, or shards and an index ----------------------------------------
+
+INDEX_NAME = "model.safetensors.index.json"
+_SHARD_NAME = re.compile(r"model-(\d{5})-of-(\d{5})\.safetensors")
+
+
+def save_folder_weights(
+    directory: str | os.PathLike,
+    state_dict: Mapping[str, torch.Tensor],
+    metadata: dict[str, str] | None = None,
+    max_shard_bytes: int | None = None,
+) -> list[str]:
+    """Save a model folder's tensors: ``model.safetensors``, or, when they are larger than
+    ``max_shard_bytes``, ``model-0000i-of-0000n.safetensors`` shards and ``model.safetensors.index.json``
+    naming each tensor's shard (the layout Hugging Face uses). Returns the files written.
+
+    Kill-safe: shards first, the index last (atomically), then the files of the previous save
+    that the new one does not name are removed; until the index is replaced the old weights load.
+    """
+    directory = Path(directory)
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
+    sizes = {k: v.numel() * v.element_size() for k, v in tensors.items()}
+    if max_shard_bytes is not None and max_shard_bytes <= 0:
+        raise ValueError(f"max_shard_bytes must be positive, got {max_shard_bytes}")
+    if max_shard_bytes is None or sum(sizes.values()) <= max_shard_bytes:
+        save_weights(directory / WEIGHTS_NAME, tensors, metadata)
+        _remove_stale(directory, {WEIGHTS_NAME})
+        return [WEIGHTS_NAME]
+    groups: list[list[str]] = [[]]
+    used = 0
+    for k in tensors:  # in order; a tensor larger than the limit gets a shard of its own
+        if groups[-1] and used + sizes[k] > max_shard_bytes:
+            groups.append([])
+            used = 0
+        groups[-1].append(k)
+        used += sizes[k]
+    names = [f"model-{i + 1:05d}-of-{len(groups):05d}.safetensors" for i in range(len(groups))]
+    for name, keys in zip(names, groups, strict=True):
+        save_weights(directory / name, {k: tensors[k] for k in keys}, metadata)
+    index = {
+        "metadata": {"total_size": sum(sizes.values()), **(metadata or {})},
+        "weight_map": {k: name for name, keys in zip(names, groups, strict=True) for k in keys},
+    }
+    write_json(directory / INDEX_NAME, index)
+    _remove_stale(directory, {*names, INDEX_NAME})
+    return [*names, INDEX_NAME]
+
+
+def load_folder_weights(directory: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """A model folder's tensors, from its index and shards if it has an index, else from
+    ``model.safetensors``. An index may only name shard files of this folder
+    (``model-0000i-of-0000n.safetensors``), and each shard must hold exactly the tensors it names."""
+    directory = Path(directory)
+    index_path = directory / INDEX_NAME
+    if not index_path.is_file():
+        return load_weights(directory / WEIGHTS_NAME)
+    index = read_json(index_path)
+    weight_map = index.get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise CheckpointError(f"{index_path} has no weight_map of tensor names to shard files")
+    wanted: dict[str, set[str]] = {}
+    for key, name in weight_map.items():
+        if not isinstance(name, str) or not _SHARD_NAME.fullmatch(name):
+            raise CheckpointError(
+                f"{index_path} maps {key!r} to {name!r}; shards are model-0000i-of-0000n.safetensors in the folder"
+            )
+        wanted.setdefault(name, set()).add(key)
+    tensors: dict[str, torch.Tensor] = {}
+    for name, keys in sorted(wanted.items()):
+        found = load_weights(directory / name)
+        if set(found) != keys:
+            extra, missing = sorted(set(found) - keys)[:3], sorted(keys - set(found))[:3]
+            raise CheckpointError(
+                f"{directory / name} does not hold what {INDEX_NAME} says: missing {missing}, extra {extra}"
+            )
+        tensors.update(found)
+    return tensors
+
+
+def folder_weights_metadata(directory: str | os.PathLike) -> dict[str, str]:
+    """The safetensors metadata of a folder's weights (its first shard's, when sharded)."""
+    directory = Path(directory)
+    path = directory / WEIGHTS_NAME
+    if (directory / INDEX_NAME).is_file():
+        shards = sorted(set(read_json(directory / INDEX_NAME).get("weight_map", {}).values()))
+        path = directory / str(shards[0]) if shards else path
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{path} is not a readable safetensors file ({e})") from e
+
+
+def _remove_stale(directory: Path, keep: set[str]) -> None:
+    """Weight files of an earlier save that the latest one does not name."""
+    for path in [directory / WEIGHTS_NAME, directory / INDEX_NAME, *directory.glob("model-*-of-*.safetensors")]:
+        if path.name not in keep and path.is_file():
+            path.unlink()

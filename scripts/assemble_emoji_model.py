@@ -61,8 +61,17 @@ def main() -> None:
         help="how post-selection scores candidates (pipeline.json post_selection.score)",
     )
     p.add_argument("--dtype", choices=["float16", "bfloat16", "float32"], default="float16", help="weights on disk")
+    p.add_argument(
+        "--max-shard-mb",
+        type=float,
+        default=24.0,
+        help="a transformer's weights larger than this go into shards of at most this size, with an "
+        "index (the repository keeps every file under 30 MB; default: 24)",
+    )
     p.add_argument("--out", required=True, help="the folder to write (new or empty)")
     args = p.parse_args()
+    if not args.max_shard_mb > 0:
+        p.error(f"--max-shard-mb must be positive, got {args.max_shard_mb}")
     out = Path(args.out)
     if out.exists() and any(out.iterdir()):
         p.error(f"{out} is not empty")
@@ -100,7 +109,7 @@ def main() -> None:
     }
     stored.caption_candidates = args.caption_candidates
     stored.selection = args.selection
-    stored.save_pretrained(out)
+    stored.save_pretrained(out, max_shard_bytes=int(args.max_shard_mb * 2**20))
     (out / "README.md").write_text(ATTRIBUTION)
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     print(f"wrote {out}: jobs {list(pipe.jobs)}, {size / 2**20:.1f} MiB", file=sys.stderr)

@@ -22,11 +22,11 @@ from cogview.model.kv_cache import KVCache
 from cogview.model.original_cache import OriginalMemsCache
 from cogview.serialization import (
     CONFIG_NAME,
-    WEIGHTS_NAME,
     CheckpointError,
-    load_into,
+    assign_weights,
+    load_folder_weights,
     read_json,
-    save_weights,
+    save_folder_weights,
     write_json,
 )
 
@@ -410,15 +410,14 @@ class CogViewTransformer(nn.Module):
         )
         return sum(p.numel() for p in self.parameters() if id(p) not in skip)
 
-    def save_pretrained(self, directory: str | os.PathLike) -> None:
-        """Write ``config.json`` and ``model.safetensors`` into ``directory`` (atomically)."""
+    def save_pretrained(self, directory: str | os.PathLike, max_shard_bytes: int | None = None) -> None:
+        """Write ``config.json`` and ``model.safetensors`` into ``directory`` (atomically); with
+        ``max_shard_bytes``, weights larger than that go into shards and an index
+        (:func:`~cogview.serialization.save_folder_weights`)."""
         directory = Path(directory)
         write_json(directory / CONFIG_NAME, self.config.to_dict())
-        save_weights(
-            directory / WEIGHTS_NAME,
-            self.state_dict(),
-            metadata={"format": "pt", "class": type(self).__name__},
-        )
+        metadata = {"format": "pt", "class": type(self).__name__}
+        save_folder_weights(directory, self.state_dict(), metadata, max_shard_bytes)
 
     @classmethod
     def from_pretrained(
@@ -427,7 +426,8 @@ class CogViewTransformer(nn.Module):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> CogViewTransformer:
-        """Build from ``config.json`` on the meta device, then load ``model.safetensors`` strictly.
+        """Build from ``config.json`` on the meta device, then load ``model.safetensors`` (or its
+        shards) strictly.
 
         Returns the model in eval mode. Raises :class:`CheckpointError` for a missing, damaged or
         mismatched file (missing/unexpected keys, wrong shapes).
@@ -442,8 +442,8 @@ class CogViewTransformer(nn.Module):
         with torch.device("meta"):
             model = cls(config)
         if dtype is not None:
-            model = model.to(dtype)  # free on meta; load_into then casts the file's tensors to it
-        load_into(model, directory / WEIGHTS_NAME)
+            model = model.to(dtype)  # free on meta; assign_weights then casts the file's tensors to it
+        assign_weights(model, load_folder_weights(directory), str(directory))
         if device is not None:
             model = model.to(device)
         return model.eval()

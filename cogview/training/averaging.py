@@ -15,17 +15,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
 
 from cogview.serialization import (
     CONFIG_NAME,
     MODEL_INFO_NAME,
-    WEIGHTS_NAME,
     CheckpointError,
     check_state_dict,
-    load_weights,
+    folder_weights_metadata,
+    load_folder_weights,
     read_json,
-    save_weights,
+    save_folder_weights,
     write_json,
 )
 
@@ -38,11 +37,6 @@ def _model_info(folder: Path) -> dict[str, Any] | None:
     if not path.exists():
         return None
     return {k: v for k, v in read_json(path).items() if k not in RUN_KEYS}
-
-
-def _metadata(path: Path) -> dict[str, str]:
-    with safe_open(str(path), "pt") as f:
-        return dict(f.metadata() or {})
 
 
 def _check_weights(weights: Sequence[float] | None, n: int) -> list[float]:
@@ -93,26 +87,24 @@ def average_models(
                 f"{p / MODEL_INFO_NAME} differs from {paths[0] / MODEL_INFO_NAME} (tokenizers, vocabulary or "
                 "tasks): averaging needs models of one vocabulary"
             )
-    first = load_weights(paths[0] / WEIGHTS_NAME)
+    first = load_folder_weights(paths[0])
     total = {
         k: v.to(torch.float32) * share[0] if v.dtype.is_floating_point else v.clone()
         for k, v in first.items()
     }
     for p, w in zip(paths[1:], share[1:], strict=True):
-        found = load_weights(p / WEIGHTS_NAME)
-        check_state_dict(first, found, str(p / WEIGHTS_NAME))
+        found = load_folder_weights(p)
+        check_state_dict(first, found, str(p))
         for k, v in found.items():
             if v.dtype != first[k].dtype:
-                raise CheckpointError(f"{p / WEIGHTS_NAME}: {k} is {v.dtype}, {first[k].dtype} in {paths[0]}")
+                raise CheckpointError(f"{p}: {k} is {v.dtype}, {first[k].dtype} in {paths[0]}")
             if v.dtype.is_floating_point:
                 total[k] += v.to(torch.float32) * w
             elif not torch.equal(v, first[k]):
-                raise CheckpointError(f"{p / WEIGHTS_NAME}: {k} ({v.dtype}) differs and cannot be averaged")
+                raise CheckpointError(f"{p}: {k} ({v.dtype}) differs and cannot be averaged")
     mean = {k: v.to(first[k].dtype) for k, v in total.items()}
     out.mkdir(parents=True, exist_ok=True)
-    save_weights(
-        out / WEIGHTS_NAME, mean, {**_metadata(paths[0] / WEIGHTS_NAME), "averaged_from": str(len(paths))}
-    )
+    save_folder_weights(out, mean, {**folder_weights_metadata(paths[0]), "averaged_from": str(len(paths))})
     write_json(out / CONFIG_NAME, config)
     if info is not None:
         sources = [{"path": str(p), "weight": w} for p, w in zip(paths, share, strict=True)]
