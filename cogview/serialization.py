@@ -47,7 +47,8 @@ def raise_if_disk_full(error: BaseException, path: str | os.PathLike) -> None:
         except OSError:
             free = "free space unknown"
         raise DiskFullError(
-            errno.ENOSPC, f"no space left on the device to write {path} ({free}); the previous file is untouched"
+            errno.ENOSPC,
+            f"no space left on the device to write {path} ({free}); the previous file is untouched",
         ) from error
 
 
@@ -262,6 +263,10 @@ def folder_weights_metadata(directory: str | os.PathLike) -> dict[str, str]:
 
 def _remove_stale(directory: Path, keep: set[str]) -> None:
     """Weight files of an earlier save that the latest one does not name."""
-    for path in [directory / WEIGHTS_NAME, directory / INDEX_NAME, *directory.glob("model-*-of-*.safetensors")]:
+    for path in [
+        directory / WEIGHTS_NAME,
+        directory / INDEX_NAME,
+        *directory.glob("model-*-of-*.safetensors"),
+    ]:
         if path.name not in keep and path.is_file():
             path.unlink()

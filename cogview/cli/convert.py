@@ -49,6 +49,8 @@ def cmd_convert_original(args: argparse.Namespace) -> int:
     from cogview.model import PRESETS, TransformerConfig
     from cogview.tokenizers.vqvae import VQVAE_PRESETS, VQVAEConfig
 
+    if args.max_shard_gb is not None and not args.max_shard_gb > 0:
+        raise ValueError(f"--max-shard-gb must be positive, got {args.max_shard_gb}")
     record = convert_original(
         args.checkpoint,
         args.vqvae,
@@ -58,6 +60,7 @@ def cmd_convert_original(args: argparse.Namespace) -> int:
         job=args.job,
         config=_config(args.config, PRESETS, TransformerConfig, "--config"),
         vqvae_config=_config(args.vqvae_config, VQVAE_PRESETS, VQVAEConfig, "--vqvae-config"),
+        max_shard_bytes=None if args.max_shard_gb is None else int(args.max_shard_gb * 2**30),
     )
     print(json.dumps(record, indent=2, ensure_ascii=False))
     print(f"wrote {args.out}: load it with CogViewPipeline.from_pretrained({str(args.out)!r})")
@@ -122,5 +125,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="PRESET|JSON",
         help="VQ-VAE architecture the file must match: a preset name (default: original) or a JSON "
         "file of VQVAEConfig fields",
+    )
+    p.add_argument(
+        "--max-shard-gb",
+        type=float,
+        metavar="GB",
+        help="write the transformer in shards of at most GB GiB with an index (model.safetensors.index.json), "
+        "e.g. 5 for a model hub; the folder loads the same (default: one model.safetensors)",
     )
     p.set_defaults(func=cmd_convert_original)

@@ -55,6 +55,7 @@ def convert_original(
     job: str = "text_to_image",
     config: TransformerConfig = PRESETS["cogview-4b"],
     vqvae_config: VQVAEConfig | None = None,
+    max_shard_bytes: int | None = None,
 ) -> dict[str, Any]:
     """Write the model folder ``out`` from the released files; returns what ``conversion.json`` holds.
 
@@ -64,6 +65,8 @@ def convert_original(
         vqvae: ``vqvae_hard_biggerset_011.pt``.
         text_tokenizer: ``cog-pretrain.model`` (or a text tokenizer folder).
         out: a new (or empty) folder.
+        max_shard_bytes: save the transformer in shards of at most this size with an index
+            (e.g. 5 GB for a model hub); None: one ``model.safetensors``.
         dtype: ``fp16`` (default: the release's own precision, bit-exact), ``bf16`` (every weight
             rounded to 8 mantissa bits) or ``fp32`` (exact, twice the size).
         job: the job these weights serve, recorded in ``pipeline.json``: one of :data:`JOBS`, as the
@@ -134,18 +137,20 @@ def convert_original(
         "max_seq_len": model_config.max_seq_len,
         "parameters": transformer.num_parameters(),
     }
-    _save_atomically(pipe, record, out)
+    _save_atomically(pipe, record, out, max_shard_bytes)
     logger.info("wrote %s in %.1f s", out, time.perf_counter() - started)
     return record
 
 
-def _save_atomically(pipe: CogViewPipeline, record: dict[str, Any], out: Path) -> None:
+def _save_atomically(
+    pipe: CogViewPipeline, record: dict[str, Any], out: Path, max_shard_bytes: int | None = None
+) -> None:
     """Save into a hidden sibling folder, then rename it to ``out`` (removed on any error)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     os.chmod(tmp, 0o755)  # mkdtemp creates 0700; a model folder should be readable like any other
     try:
-        pipe.save_pretrained(tmp)
+        pipe.save_pretrained(tmp, max_shard_bytes=max_shard_bytes)
         write_json(tmp / CONVERSION_NAME, record)
         if out.is_dir():
             out.rmdir()  # empty (checked on entry); rename cannot replace a folder everywhere

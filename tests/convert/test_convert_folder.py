@@ -77,7 +77,7 @@ def test_more_layers_in_the_file_than_in_the_config(original: OriginalFiles, tmp
 def test_failure_while_saving_leaves_no_folder(
     original: OriginalFiles, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def fail(self: CogViewTransformer, directory: Path) -> None:
+    def fail(self: CogViewTransformer, directory: Path, max_shard_bytes: int | None = None) -> None:
         Path(directory).mkdir(parents=True)
         (Path(directory) / "model.safetensors").write_bytes(b"half")
         raise OSError("disk full")
@@ -137,6 +137,19 @@ def test_cli_end_to_end(original: OriginalFiles, tmp_path: Path, capsys: pytest.
     images = pipe.generate("一只可爱的猫", num_images=2, seed=0)
     assert [im.size for im in images] == [(32, 32), (32, 32)]
     assert pipe.generate("一只可爱的猫", num_images=2, seed=0)[1].tobytes() == images[1].tobytes()
+    # the same conversion in shards of at most 32 KiB loads to the same images
+    sharded = tmp_path / "sharded"
+    code = main([
+        "convert-original", "--checkpoint", str(original.checkpoint), "--vqvae", str(original.vqvae),
+        "--text-tokenizer", str(original.text_tokenizer), "--out", str(sharded),
+        "--config", str(config), "--vqvae-config", str(vqvae_config), "--max-shard-gb", str(32 / 2**20),
+    ])  # fmt: skip
+    assert code == 0 and (sharded / "transformer" / "model.safetensors.index.json").is_file()
+    assert len(list((sharded / "transformer").glob("model-*-of-*.safetensors"))) > 2
+    again = CogViewPipeline.from_pretrained(sharded, dtype=torch.bfloat16)
+    assert [im.tobytes() for im in again.generate("一只可爱的猫", num_images=2, seed=0)] == [
+        im.tobytes() for im in images
+    ]
 
 
 def test_cli_errors_exit_2(
@@ -154,6 +167,9 @@ def test_cli_errors_exit_2(
     assert "neither a preset" in run("--checkpoint", str(original.checkpoint), "--config", "nope")
     # The default (4B, original VQ-VAE) architectures against tiny files: refused, nothing written.
     assert "does not match the model" in run("--checkpoint", str(original.checkpoint))
+    assert "--max-shard-gb must be positive" in run(
+        "--checkpoint", str(original.checkpoint), "--max-shard-gb", "0"
+    )
     assert not out.exists()
 
 
