@@ -59,6 +59,7 @@ def cmd_edit(args: argparse.Namespace) -> int:
         candidates=args.candidates,
         select=args.select,
         seed=seed,
+        negative_prompt=args.negative_prompt,
         **region,
         **sampling_overrides(args),
     )
@@ -73,6 +74,7 @@ def cmd_edit(args: argparse.Namespace) -> int:
         "candidates": args.candidates,
         "select": args.select,
         "seed": seed,
+        "negative_prompt": args.negative_prompt,
         "sampling_overrides": sampling_overrides(args),
         "output": str(target),
     }
@@ -143,5 +145,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--temperature", type=float, help="divide logits by this (default: model's)")
     p.add_argument("--top-k", type=int, help="sample among the k most likely codes (default: model's)")
     p.add_argument("--guidance-scale", type=float, help="classifier-free guidance scale (default: model's)")
+    p.add_argument(
+        "--negative-prompt",
+        metavar="TEXT",
+        help="what to steer away from: guidance's unconditional row draws TEXT instead of the empty "
+        "prompt (needs guidance on)",
+    )
     _common(p)
     p.set_defaults(func=cmd_edit)

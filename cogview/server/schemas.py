@@ -181,6 +181,11 @@ class EditRequest(Sampling):
     select: Literal["suffix", "caption"] | None = None  # editing.SELECTIONS
     seed: Seed | None = None  # None: a random one, returned with the image
     guidance_scale: float | None = Field(None, ge=0, le=20)
+    negative_prompt: str | None = Field(
+        None,
+        max_length=MAX_PROMPT_CHARS,
+        description="what to steer away from: guidance's unconditional text (needs guidance_scale > 1)",
+    )
 
     @model_validator(mode="after")
     def _one_region(self) -> EditRequest:

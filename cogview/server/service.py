@@ -208,6 +208,7 @@ class Service:
             pixel_mask(region["mask"], image.size)  # a mask of another size fails now, not after the queue
         seed = random_seed() if req.seed is None else req.seed
         options = {"grow": req.grow, "candidates": req.candidates, "select": req.select, "seed": seed}
+        options["negative_prompt"] = req.negative_prompt
         editor = Editor(self.pipeline.text_to_image, self.pipeline.captioner)  # what pipe.edit runs
 
         def run() -> dict[str, Any]:

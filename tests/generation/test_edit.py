@@ -224,3 +224,17 @@ def test_cli_writes_png_and_settings(
     model = ["--model", str(tiny_model_dir), "--out", str(out), "--seed", "1"]
     assert main(["edit", str(src), PROMPT, "--prefix", "20", *model]) == 0
     assert json.loads((out / "in_complete.json").read_text())["prefix"] == 20
+
+
+def test_a_negative_prompt_is_the_edit_s_unconditional_row(editor: Editor, image: Image.Image) -> None:
+    """The prompt as its own negative cancels guidance: the codes of guidance 1, exactly."""
+    kw = {"box": (8, 8, 24, 24), "candidates": 2, "seed": 3}
+    plain = editor.run(image, PROMPT, guidance_scale=3.0, **kw)
+    away = editor.run(image, PROMPT, guidance_scale=3.0, negative_prompt="a blue square", **kw)
+    assert not torch.equal(away.candidate_codes, plain.candidate_codes)
+    assert away.to_dict()["negative_prompt"] == "a blue square" and "negative_prompt" not in plain.to_dict()
+    itself = editor.run(image, PROMPT, guidance_scale=3.0, negative_prompt=PROMPT, **kw)
+    unguided = editor.run(image, PROMPT, guidance_scale=1.0, **kw)
+    assert torch.equal(itself.candidate_codes, unguided.candidate_codes)
+    with pytest.raises(ValueError, match="guidance_scale above 1"):
+        editor.run(image, PROMPT, guidance_scale=1.0, negative_prompt="blue", **kw)

@@ -75,6 +75,7 @@ EDITS = [
     ({"shift": [-8, 4]}, {"shift": (-8, 4)}),
     ({"pad": [4, 0, 4, 8], "guidance_scale": 2.5}, {"pad": (4, 0, 4, 8), "guidance_scale": 2.5}),
     ({"pad": 6}, {"pad": 6}),
+    ({"box": [8, 8, 24, 24], "negative_prompt": "蓝色"}, {"box": (8, 8, 24, 24), "negative_prompt": "蓝色"}),
     ({"strength": 0.3, "temperature": 0.8, "top_k": 5}, {"strength": 0.3, "temperature": 0.8, "top_k": 5}),
 ]
 
@@ -116,6 +117,7 @@ BAD_INPUTS = [
     ({"rows": 2, "image": base64.b64encode(b"hello").decode()}, 400, "image is not an image file"),
     ({"rows": 2, "image": _png((5000, 5000))}, 400, "5000x5000 pixels"),
     ({"rows": 2, "prompt": " "}, 400, "empty prompt"),
+    ({"rows": 2, "negative_prompt": "blue", "guidance_scale": 1}, 400, "guidance_scale above 1"),
 ]
 
 

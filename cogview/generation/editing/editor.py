@@ -79,6 +79,7 @@ class EditResult:
     scores: list[float]  # the selection score of each candidate (higher is kept)
     kept: int
     image: Image.Image
+    negative_prompt: str | None = None  # guidance's unconditional text, when not the empty one
 
     @property
     def codes(self) -> torch.Tensor:
@@ -98,6 +99,7 @@ class EditResult:
             "select": self.select,
             "scores": self.scores,
             "kept": self.kept,
+            **({"negative_prompt": self.negative_prompt} if self.negative_prompt else {}),
         }
 
 
@@ -194,6 +196,7 @@ class Editor:
         select: str | None = None,
         seed: int | None = None,
         sampling: SamplingConfig | None = None,
+        negative_prompt: str | None = None,
         **overrides: Any,
     ) -> EditResult:
         """Edit ``image`` (resized and centre-cropped to the tokenizer's size, converted to RGB).
@@ -204,7 +207,9 @@ class Editor:
         text-to-image. The output decodes the whole code grid, so kept pixels are
         the tokenizer's reconstruction, not the input's. ``candidates`` samples are drawn and the
         best by ``select`` (:data:`SELECTIONS`) kept (None: the mode's :data:`DEFAULT_CANDIDATES`
-        and :data:`DEFAULT_SELECT`). Same inputs and seed, same image.
+        and :data:`DEFAULT_SELECT`). ``negative_prompt``: guidance's unconditional row draws it
+        instead of the empty prompt (as in text-to-image; needs guidance on). Same inputs and seed,
+        same image.
         """
         seed = check_seed(seed)
         seed = secrets.randbits(62) if seed is None else seed
@@ -216,10 +221,12 @@ class Editor:
         select, candidates = self._selection(plan.mode, select, candidates)
         tokens, _ = self.t2i.prompt_tokens(prompt)
         settings = self.t2i.settings_for(prompt, sampling, **overrides)
+        self.t2i.check_negative(negative_prompt, [settings])
+        uncond = self.t2i.uncond_tokens(negative_prompt)
         flat = plan.regenerate.reshape(-1)  # [S]
         model = self.t2i.model_in(self.t2i.resolved_dtype(None))
         codes = self._sample(
-            model, tokens, plan.codes.reshape(-1), flat, settings, seed, candidates
+            model, tokens, uncond, plan.codes.reshape(-1), flat, settings, seed, candidates
         )  # [C, S]
         g = self.t2i.image_tokenizer.grid_size
         scores = self._scores(model, tokens, prompt, codes, flat, select)  # [C]
@@ -236,6 +243,7 @@ class Editor:
             scores=scores.tolist(),
             kept=kept,
             image=self.t2i.image_tokenizer.decode(codes[kept].view(1, g, g))[0],
+            negative_prompt=negative_prompt if negative_prompt and negative_prompt.strip() else None,
         )
 
     def _selection(self, mode: str, select: str | None, candidates: int | None) -> tuple[str, int]:
@@ -256,6 +264,7 @@ class Editor:
         self,
         model: Any,
         tokens: torch.Tensor,
+        uncond: torch.Tensor,
         source: torch.Tensor,
         regen: torch.Tensor,
         settings: SamplingConfig,
@@ -264,7 +273,7 @@ class Editor:
     ) -> torch.Tensor:
         """``[C, S]`` codes: the source's where ``regen`` is False (forced), sampled elsewhere."""
         steps, image = source.numel(), self.t2i.vocab.image_range
-        prompts = [tokens, self.t2i.uncond_tokens()] if settings.guided else [tokens]
+        prompts = [tokens, uncond] if settings.guided else [tokens]
         state = prefill(model, prompts, steps, pad_id=self.t2i.vocab.token_id("[PAD]"))
         uniforms = image_uniforms([image_seed(seed, i) for i in range(candidates)], steps)  # [C, S]
         forced = (source + image.start).expand(candidates, -1)  # [C, S] vocabulary ids
