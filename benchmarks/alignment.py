@@ -64,6 +64,12 @@ def main() -> None:
         "--min-p", default=None, help="comma-separated min-p values to compare (default: the model's)"
     )
     parser.add_argument(
+        "--modifiers",
+        default="on",
+        help="comma-separated: on (the model's modifiers, e.g. skin tones drawn as base + code map) "
+        "and/or off (every prompt drawn as given), to compare in one run",
+    )
+    parser.add_argument(
         "--negative-base",
         action="store_true",
         help="emoji skin-tone variants: the base emoji's bare name as the negative prompt",
@@ -73,6 +79,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = parser.parse_args()
+    if not set(args.modifiers.split(",")) <= {"on", "off"}:
+        parser.error(f"--modifiers takes on and/or off, got {args.modifiers!r}")
     torch.set_num_threads(args.threads)
     if args.transformer:
         pipe = CogViewPipeline.from_components(
@@ -93,12 +101,13 @@ def main() -> None:
     for dataset in datasets:
         for lang in args.langs.split(","):
             settings = [
-                (float(s), int(c), m)
+                (float(s), int(c), m, mod)
                 for s in args.guidance.split(",")
                 for c in args.candidates.split(",")
                 for m in ([None] if args.min_p is None else [float(m) for m in args.min_p.split(",")])
+                for mod in args.modifiers.split(",")
             ]
-            for scale, candidates, min_p in settings:
+            for scale, candidates, min_p, mod in settings:
                 extra = {
                     k: v
                     for k, v in (("top_k", args.top_k), ("temperature", args.temperature), ("min_p", min_p))
@@ -117,16 +126,20 @@ def main() -> None:
                     emoji_pool=args.emoji_pool,
                     candidates=candidates,
                     negative_base=args.negative_base,
+                    modifiers=mod == "on",
                     **extra,
                 )
-                rows.append({**summary_row(result), "candidates": candidates, "min_p": min_p})
+                rows.append(
+                    {**summary_row(result), "candidates": candidates, "min_p": min_p, "modifiers": mod}
+                )
                 tiles = [im for _, images in result["samples"][:16] for im in images[:8]]
                 make_grid(tiles, columns=min(8, args.per_prompt), scale=2).save(
                     out / f"{args.name}_{dataset}_{lang}_cfg{scale:g}_c{candidates}"
-                    f"{'' if min_p is None else f'_minp{min_p:g}'}.png"
+                    f"{'' if min_p is None else f'_minp{min_p:g}'}{'' if mod == 'on' else '_nomod'}.png"
                 )
                 print(
-                    f"{dataset:>7} {lang} cfg={scale:<4g} min_p={min_p} candidates={candidates} aligned {headline(result):6.1%}  "
+                    f"{dataset:>7} {lang} cfg={scale:<4g} min_p={min_p} candidates={candidates} modifiers={mod} "
+                    f"aligned {headline(result):6.1%}  "
                     + "  ".join(f"{k} {v:.1%}" for k, v in result["accuracy"].items()),
                     flush=True,
                 )
