@@ -9,6 +9,7 @@ file is refused with a message that names what is wrong instead of a bare traceb
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import re
@@ -169,7 +170,9 @@ def assign_weights(module: torch.nn.Module, found: Mapping[str, torch.Tensor], s
 # --- a folder's weights: one file, or shards and an index ----------------------------------------
 
 INDEX_NAME = "model.safetensors.index.json"
-_SHARD_NAME = re.compile(r"model-(\d{5})-of-(\d{5})\.safetensors")
+# model-00001-of-00003-<8 hex of the saved tensors' hash>.safetensors: a new save never writes
+# over a file the current index names, so a kill at any point leaves one complete set indexed.
+_SHARD_NAME = re.compile(r"model-(\d{5})-of-(\d{5})(-[0-9a-f]{8})?\.safetensors")
 
 
 def save_folder_weights(
@@ -179,10 +182,12 @@ def save_folder_weights(
     max_shard_bytes: int | None = None,
 ) -> list[str]:
     """Save a model folder's tensors: ``model.safetensors``, or, when they are larger than
-    ``max_shard_bytes``, ``model-0000i-of-0000n.safetensors`` shards and ``model.safetensors.index.json``
-    naming each tensor's shard (the layout Hugging Face uses). Returns the files written.
+    ``max_shard_bytes``, ``model-0000i-of-0000n-HASH.safetensors`` shards and
+    ``model.safetensors.index.json`` naming each tensor's shard (Hugging Face's layout; HASH, 8 hex
+    of the tensors' contents, keeps a new save from writing over the shards the index names).
+    Returns the files written.
 
-    Kill-safe: shards first, the index last (atomically), then the files of the previous save
+    Kill-safe: new shards first, the index last (atomically), then the files of the previous save
     that the new one does not name are removed; until the index is replaced the old weights load.
     """
     directory = Path(directory)
@@ -202,7 +207,13 @@ def save_folder_weights(
             used = 0
         groups[-1].append(k)
         used += sizes[k]
-    names = [f"model-{i + 1:05d}-of-{len(groups):05d}.safetensors" for i in range(len(groups))]
+    digest = hashlib.blake2b(digest_size=4)
+    for k, v in tensors.items():
+        digest.update(f"{k}:{v.dtype}:{tuple(v.shape)};".encode())
+        if v.numel():
+            digest.update(v.reshape(-1).view(torch.uint8).numpy())  # no copy: the buffer is read
+    tag = digest.hexdigest()
+    names = [f"model-{i + 1:05d}-of-{len(groups):05d}-{tag}.safetensors" for i in range(len(groups))]
     for name, keys in zip(names, groups, strict=True):
         save_weights(directory / name, {k: tensors[k] for k in keys}, metadata)
     index = {
@@ -230,7 +241,8 @@ def load_folder_weights(directory: str | os.PathLike) -> dict[str, torch.Tensor]
     for key, name in weight_map.items():
         if not isinstance(name, str) or not _SHARD_NAME.fullmatch(name):
             raise CheckpointError(
-                f"{index_path} maps {key!r} to {name!r}; shards are model-0000i-of-0000n.safetensors in the folder"
+                f"{index_path} maps {key!r} to {name!r}; shards are model-0000i-of-0000n[-HASH].safetensors "
+                "files of the folder"
             )
         wanted.setdefault(name, set()).add(key)
     tensors: dict[str, torch.Tensor] = {}

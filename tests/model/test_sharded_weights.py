@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from cogview import serialization
 from cogview.model import PRESETS, CogViewTransformer
 from cogview.serialization import (
     INDEX_NAME,
@@ -17,7 +18,6 @@ from cogview.serialization import (
     CheckpointError,
     load_folder_weights,
     save_folder_weights,
-    save_weights,
 )
 
 
@@ -52,16 +52,32 @@ def test_shards_give_the_same_model_and_replace_a_single_file(
         save_folder_weights(tmp_path, model.state_dict(), max_shard_bytes=0)
 
 
-def test_an_index_written_last_keeps_the_old_weights_until_then(
-    model: CogViewTransformer, tmp_path: Path
+@pytest.mark.parametrize("before", ["one file", "shards"])
+def test_a_save_killed_before_its_index_leaves_the_old_weights(
+    model: CogViewTransformer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, before: str
 ) -> None:
-    """A save killed after its shards, before its index: the folder still loads the old file."""
-    model.save_pretrained(tmp_path)
-    state = {k: v + 1 if v.is_floating_point() else v for k, v in model.state_dict().items()}
-    save_weights(
-        tmp_path / "model-00001-of-00002.safetensors", dict(list(state.items())[:3])
-    )  # a shard, no index
-    assert all(torch.equal(v, model.state_dict()[k]) for k, v in load_folder_weights(tmp_path).items())
+    """New shards never overwrite the indexed ones (their names carry the tensors' hash): a save
+    killed after writing its shards, before its index, leaves the previous save loadable as it was."""
+    total = sum(v.numel() * v.element_size() for v in model.state_dict().values())
+    model.save_pretrained(tmp_path, max_shard_bytes=None if before == "one file" else total // 2)
+    old = load_folder_weights(tmp_path)
+    changed = {k: v + 1 if v.is_floating_point() else v for k, v in model.state_dict().items()}
+
+    def killed(path: Path, obj: object, indent: int | None = 2) -> None:
+        raise KeyboardInterrupt("killed before the index")
+
+    monkeypatch.setattr(serialization, "write_json", killed)
+    with pytest.raises(KeyboardInterrupt):
+        save_folder_weights(tmp_path, changed, max_shard_bytes=total // 2)
+    monkeypatch.undo()
+    assert len(list(tmp_path.glob("model-*-of-*.safetensors"))) >= 2  # the new shards are there...
+    now = load_folder_weights(tmp_path)
+    assert now.keys() == old.keys() and all(torch.equal(now[k], old[k]) for k in old)  # ...unindexed
+    save_folder_weights(tmp_path, changed, max_shard_bytes=total // 2)  # a save that finishes
+    assert all(torch.equal(load_folder_weights(tmp_path)[k], v) for k, v in changed.items())
+    named = set(json.loads((tmp_path / INDEX_NAME).read_text())["weight_map"].values())
+    assert {p.name for p in tmp_path.glob("model-*-of-*.safetensors")} == named  # the stale ones went
+    assert not (tmp_path / WEIGHTS_NAME).exists()
 
 
 @pytest.mark.parametrize(
@@ -90,7 +106,6 @@ def test_a_bad_index_is_refused_with_what_is_wrong(
 def test_a_missing_shard_is_named(model: CogViewTransformer, tmp_path: Path) -> None:
     total = sum(v.numel() * v.element_size() for v in model.state_dict().values())
     model.save_pretrained(tmp_path, max_shard_bytes=total // 2)
-    (tmp_path / "model-00002-of-00003.safetensors").unlink(missing_ok=True)
-    (tmp_path / "model-00002-of-00002.safetensors").unlink(missing_ok=True)
+    sorted(tmp_path.glob("model-*-of-*.safetensors"))[1].unlink()
     with pytest.raises(CheckpointError, match="does not exist"):
         CogViewTransformer.from_pretrained(tmp_path)
