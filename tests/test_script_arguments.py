@@ -47,3 +47,9 @@ def test_learning_modifiers_refuses_a_missing_model_or_a_file_as_its_out_folder(
     done = _run("scripts/learn_modifiers.py", "--out", str(tmp_path / "file"))
     assert done.returncode == 2 and "is a file" in done.stderr, done.stderr
     assert not (tmp_path / "modifiers.json").exists()
+
+
+def test_modifier_pictures_refuses_a_row_count_out_of_range(tmp_path: Path) -> None:
+    done = _run("scripts/modifier_pictures.py", "--n", "0", "--out", str(tmp_path / "m.png"))
+    assert done.returncode == 2 and "--n must be in 1..100" in done.stderr, done.stderr
+    assert not (tmp_path / "m.png").exists()
