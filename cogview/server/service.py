@@ -65,6 +65,11 @@ class Service:
             "caption_candidates": pipe.caption_candidates,
             "selection": pipe.selection,
             "text_budget": config["text_budget"],
+            # Modifier phrases a prompt may hold (docs/generation.md, "Modifiers"), e.g. skin tones.
+            "modifiers": [
+                {"name": m.name, "phrases": dict(m.phrases)}
+                for m in (pipe.modifiers.modifiers if pipe.modifiers else [])
+            ],
             "vocab": {**config["vocab"], "size": pipe.vocab.size},
             "image_size": pipe.image_tokenizer.config.image_size,
             "device": str(pipe.transformer.tok_embeddings.weight.device),

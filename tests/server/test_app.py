@@ -44,6 +44,7 @@ def test_info_reports_jobs_defaults_and_sizes(client: TestClient, tiny_pipe: Cog
     assert info["image_size"] == 32 and info["device"] == "cpu"
     assert info["limits"]["num_images"] == 16 and info["candidates"] == tiny_pipe.candidates == 1
     assert info["caption_candidates"] == 1 and info["selection"] == "caption" and info["limits"]["caption_candidates"] == 16
+    assert info["modifiers"] == []  # a folder without modifiers.json
 
 
 def test_openapi_schema_names_each_endpoint_s_body(client: TestClient) -> None:

@@ -137,6 +137,18 @@ def test_generate_caption_and_edit_in_the_page(browser: Any, url: str, tmp_path:
     captions = [f.text for f in browser.find_elements(By.CSS_SELECTOR, "#results figcaption")]
     assert captions == [f"seed 1 · #{i}" for i in range(1, 5)]
 
+    # The skin-tone picker (the shipped model's modifiers): its phrase joins the prompt.
+    assert browser.find_element(By.ID, "tone-label").is_displayed()
+    prompt_box = browser.find_element(By.ID, "prompt")
+    prompt_box.clear()
+    prompt_box.send_keys("亲吻")
+    browser.find_element(By.CSS_SELECTOR, "#tone option[value=dark]").click()
+    browser.find_element(By.ID, "generate").click()
+    wait.until(lambda d: "modifier dark" in d.find_element(By.ID, "summary").text)
+    assert "“亲吻 较深肤色”" in browser.find_element(By.ID, "summary").text
+    assert "drawn as “亲吻”" in browser.find_element(By.ID, "summary").text
+    browser.find_element(By.CSS_SELECTOR, "#tone option[value='']").click()
+
     # Caption panel: choose the first generated image as a file, caption it in Chinese.
     picture = tmp_path / "generated.png"
     picture.write_bytes(base64.b64decode(sources[0].split(",", 1)[1]))
