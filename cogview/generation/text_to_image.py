@@ -177,15 +177,20 @@ class TextToImage(Components):
             return self._layout_prefix([])
         return self.prompt_tokens(negative_prompt)[0]
 
-    def check_negative(self, negative_prompt: str | None, settings: Sequence[SamplingConfig]) -> None:
-        """A negative prompt only acts through guidance: refuse it where guidance is off."""
-        if negative_prompt is not None:
-            check_text("negative_prompt", negative_prompt)
-            if negative_prompt.strip() and not all(s.guided for s in settings):
-                raise ValueError(
-                    "negative_prompt acts through classifier-free guidance, which is off "
-                    "(guidance_scale=1): set guidance_scale above 1, e.g. 1.5"
-                )
+    def check_negative(self, negative_prompt: str | None, settings: Sequence[SamplingConfig]) -> str | None:
+        """The negative prompt to use (None for none or a blank one); refused where guidance, the
+        only way it acts, is off."""
+        if negative_prompt is None:
+            return None
+        check_text("negative_prompt", negative_prompt)
+        if not negative_prompt.strip():
+            return None
+        if not all(s.guided for s in settings):
+            raise ValueError(
+                "negative_prompt acts through classifier-free guidance, which is off "
+                "(guidance_scale=1): set guidance_scale above 1, e.g. 1.5"
+            )
+        return negative_prompt
 
     def _layout_prefix(self, text: list[int]) -> torch.Tensor:
         g = self.image_tokenizer.grid_size
@@ -264,9 +269,8 @@ class TextToImage(Components):
         encoded = [
             (p, *self.prompt_tokens(p), self.settings_for(p, sampling, **overrides)) for p in prompt_list
         ]
-        self.check_negative(negative_prompt, [settings for *_, settings in encoded])
-        uncond = self.uncond_tokens(negative_prompt)
-        negative = negative_prompt if negative_prompt and negative_prompt.strip() else None
+        negative = self.check_negative(negative_prompt, [settings for *_, settings in encoded])
+        uncond = self.uncond_tokens(negative)
         model = self.model_in(compute_dtype)
         step = self.step_for(model, compile)
         results = []

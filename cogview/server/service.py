@@ -108,8 +108,7 @@ class Service:
         drawn = req.prompt if split is None else split.prompt
         tokens, _ = t2i.prompt_tokens(drawn)
         settings = t2i.settings_for(drawn, **req.sampling_overrides())
-        negative = req.negative_prompt if req.negative_prompt and req.negative_prompt.strip() else None
-        t2i.check_negative(negative, [settings])
+        negative = t2i.check_negative(req.negative_prompt, [settings])
         if negative is not None and len(t2i.text_tokenizer.encode(negative)) > t2i.text_budget:
             raise ValueError(
                 f"the negative prompt is longer than the {t2i.text_budget} text tokens this model reads: shorten it"

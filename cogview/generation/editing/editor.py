@@ -221,7 +221,7 @@ class Editor:
         select, candidates = self._selection(plan.mode, select, candidates)
         tokens, _ = self.t2i.prompt_tokens(prompt)
         settings = self.t2i.settings_for(prompt, sampling, **overrides)
-        self.t2i.check_negative(negative_prompt, [settings])
+        negative_prompt = self.t2i.check_negative(negative_prompt, [settings])
         uncond = self.t2i.uncond_tokens(negative_prompt)
         flat = plan.regenerate.reshape(-1)  # [S]
         model = self.t2i.model_in(self.t2i.resolved_dtype(None))
@@ -243,7 +243,7 @@ class Editor:
             scores=scores.tolist(),
             kept=kept,
             image=self.t2i.image_tokenizer.decode(codes[kept].view(1, g, g))[0],
-            negative_prompt=negative_prompt if negative_prompt and negative_prompt.strip() else None,
+            negative_prompt=negative_prompt,
         )
 
     def _selection(self, mode: str, select: str | None, candidates: int | None) -> tuple[str, int]:
