@@ -29,7 +29,7 @@ from cogview.checks import check_device, positive_int, prompt_strings
 from cogview.data.sequences import DEFAULT_SR_WINDOW, LAYOUT_OVERHEAD, TASKS
 from cogview.generation.captioning import Captioner
 from cogview.generation.editing import Editor
-from cogview.generation.modifiers import Modifiers, modified_result
+from cogview.generation.modifiers import Modifiers, Split, modified_result
 from cogview.generation.original import (
     SEMANTICS,
     OriginalCaptioner,
@@ -364,7 +364,7 @@ class CogViewPipeline:
         record names the modifier and the prompt drawn. ``modifiers=False`` draws every prompt as given.
         """
         asked = prompt_strings(prompt)
-        splits = [self.modifiers.split(p) if modifiers and self.modifiers else None for p in asked]
+        splits = [self.modifier_of(p) if modifiers else None for p in asked]
         if any(splits):
             drawn = [p if s is None else s.prompt for p, s in zip(asked, splits, strict=True)]
             results = self.generate_results(drawn, num_images, candidates=candidates, selection=selection, modifiers=False, **kwargs)
@@ -391,6 +391,11 @@ class CogViewPipeline:
             rerank(r, captioner, candidates, kwargs.get("max_batch_size", DEFAULT_MAX_BATCH_SIZE), t2i=scorer)
             for r in results
         ]
+
+    def modifier_of(self, prompt: str) -> Split | None:
+        """``prompt`` without the longest modifier phrase of the model's it holds, and the modifier
+        (None: the model has no modifiers, or the prompt holds none)."""
+        return None if self.modifiers is None else self.modifiers.split(prompt)
 
     def caption(
         self,

@@ -102,9 +102,7 @@ class Service:
                 "shorten it"
             )
         t2i.prompt_tokens(req.prompt)  # refuses an empty prompt
-        split = (
-            self.pipeline.modifiers.split(req.prompt) if req.modifiers and self.pipeline.modifiers else None
-        )
+        split = self.pipeline.modifier_of(req.prompt) if req.modifiers else None
         drawn = req.prompt if split is None else split.prompt
         tokens, _ = t2i.prompt_tokens(drawn)
         settings = t2i.settings_for(drawn, **req.sampling_overrides())
