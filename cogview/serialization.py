@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 CONFIG_NAME = "config.json"
@@ -264,8 +264,6 @@ def folder_weights_metadata(directory: str | os.PathLike) -> dict[str, str]:
     if (directory / INDEX_NAME).is_file():
         shards = sorted(set(read_json(directory / INDEX_NAME).get("weight_map", {}).values()))
         path = directory / str(shards[0]) if shards else path
-    from safetensors import safe_open
-
     try:
         with safe_open(str(path), framework="pt") as f:
             return dict(f.metadata() or {})
